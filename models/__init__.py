@@ -1,0 +1,22 @@
+"""models: DeepLabV3 from torchvision, weight loading, and the batched predictor. No Ray."""
+
+from __future__ import annotations
+
+from models.deeplab import Backbone, adapt_first_conv, build_model, first_conv, load_state_dict
+from models.errors import BandCountError, ModelError, WeightsError
+from models.predictor import Normalization, Precision, Predictor, resolve_device
+
+__all__ = [
+    "Backbone",
+    "BandCountError",
+    "ModelError",
+    "Normalization",
+    "Precision",
+    "Predictor",
+    "WeightsError",
+    "adapt_first_conv",
+    "build_model",
+    "first_conv",
+    "load_state_dict",
+    "resolve_device",
+]

@@ -1,0 +1,127 @@
+"""Turn a batch of image tiles into per-pixel class probabilities.
+
+The predictor owns the model's device and precision: it normalises each band,
+zeroes invalid pixels, runs the model under ``inference_mode`` with optional
+autocast and channels_last, and returns softmax probabilities as float32
+numpy arrays. It accepts any ``torch.nn.Module`` that maps (B, C, H, W) to
+(B, K, H, W) scores (or a dict with ``"out"``, as torchvision's segmentation
+models return), so a benchmark can swap in a cheap model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.deeplab import first_conv
+from models.errors import BandCountError, ModelError
+
+__all__ = ["Normalization", "Precision", "Predictor", "resolve_device"]
+
+
+class Precision(str, Enum):
+    """Numeric precision of the forward pass."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast to bfloat16: ~2.5x faster than fp32 on AVX-512 CPUs
+    FP16 = "fp16"  # autocast to float16: CUDA only
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-band ``(x - mean) / std``; one value per input band."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise ModelError(f"normalisation has {len(self.mean)} means but {len(self.std)} stds")
+        if any(s <= 0 for s in self.std):
+            raise ModelError(f"normalisation stds must be positive, got {self.std}")
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``cuda`` where available unless told otherwise."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Batched, normalised, mixed-precision inference with a segmentation model.
+
+    Args:
+        model: any module mapping (B, C, H, W) float to (B, K, H, W) scores.
+        normalization: per-band mean/std applied before the model, or None.
+        precision: ``fp32``, ``bf16`` or ``fp16`` autocast.
+        channels_last: use the channels_last memory format.
+        device: torch device; CUDA when available by default.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        normalization: Normalization | None = None,
+        precision: Precision | str = Precision.FP32,
+        channels_last: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.precision = Precision(str(precision))
+        if self.precision is Precision.FP16 and self.device.type != "cuda":
+            raise ModelError("fp16 autocast needs a CUDA device; use bf16 or fp32 on the CPU")
+        self.channels_last = channels_last
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.normalization = normalization
+        conv = first_conv(model)
+        self.in_channels = conv.in_channels if conv is not None else None
+        if normalization is not None:
+            self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def check_bands(self, bands: int, what: str = "the image") -> None:
+        """Raise :class:`BandCountError` unless the model takes ``bands`` input bands."""
+        if self.in_channels is not None and self.in_channels != bands:
+            raise BandCountError(f"{what} has {bands} band(s) but the model takes {self.in_channels}; choose bands with --bands")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision is Precision.FP32:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision is Precision.BF16 else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def prepare(self, images: np.ndarray, valid: np.ndarray | None = None) -> torch.Tensor:
+        """Normalise (B, C, H, W) images to a float32 tensor, zeroing invalid pixels."""
+        if images.ndim != 4:
+            raise ModelError(f"expected a (batch, bands, rows, cols) array, got shape {images.shape}")
+        self.check_bands(images.shape[1])
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
+        if self.normalization is not None:
+            x = (x - self._mean) / self._std
+        if valid is not None:
+            x = x * torch.from_numpy(np.ascontiguousarray(valid)).unsqueeze(1).to(torch.float32)
+        return x
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (B, K, H, W) float32 for images (B, C, H, W)."""
+        x = self.prepare(images, valid).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.model(x)
+        if isinstance(out, dict):
+            out = out["out"]
+        return torch.softmax(out.float(), dim=1).cpu().numpy()
+

@@ -1,0 +1,134 @@
+"""The ``tilewise`` command line: thin commands over :mod:`pipeline`.
+
+User errors (bad input, bad options, unwritable output) print one line,
+``Error: <file>: <problem>``, and exit 1 without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from models import Backbone, Precision
+from tiling import BlendMode, EdgeMode, NotGeoreferencedWarning
+
+__all__ = ["cli", "main"]
+
+log = logging.getLogger("tilewise")
+
+
+def _csv_ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated band numbers like 1,2,3, got {value!r}") from None
+
+
+def _setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.WARNING - 10 * verbose + 10 * quiet
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    warnings.simplefilter("always", NotGeoreferencedWarning)
+
+
+def _choice(enum: type) -> click.Choice:
+    return click.Choice([m.value for m in enum], case_sensitive=False)
+
+
+def inference_options(f):
+    """Options shared by ``infer`` and ``demo``, declared once."""
+    opts = [
+        click.option("--tile", type=int, default=512, show_default=True, help="Tile size in pixels."),
+        click.option("--overlap", type=float, default=0.25, show_default=True, help="Tile overlap, a fraction in [0, 1)."),
+        click.option("--blend", type=_choice(BlendMode), default="gaussian", show_default=True, help="How overlapping tiles are combined."),
+        click.option("--edge", type=_choice(EdgeMode), default="shift", show_default=True, help="Last tile per axis: shift inward or pad."),
+        click.option("--batch", type=int, default=8, show_default=True, help="Tiles per forward pass."),
+        click.option("--classes", type=int, default=2, show_default=True, help="Number of output classes K."),
+        click.option("--class-names", default=None, help="Comma-separated class names (K of them)."),
+        click.option("--backbone", type=_choice(Backbone), default="resnet101", show_default=True),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local torchvision/tilewise checkpoint; random init if omitted."),
+        click.option("--precision", type=_choice(Precision), default="bf16", show_default=True),
+        click.option("--bands", callback=_csv_ints, default=None, help="1-based bands to use, e.g. 1,2,3 (default: all)."),
+        click.option("--save-probs", is_flag=True, help="Also write <out>.probs.tif with per-class probabilities (x255)."),
+        click.option("--actors", type=int, default=None, help="Model replicas (default: one per GPU, else one)."),
+        click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
+        click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)."),
+        click.option("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)."),
+        click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _config(o: dict):
+    from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
+
+    names = tuple(n.strip() for n in o["class_names"].split(",")) if o["class_names"] else None
+    return PipelineConfig(
+        tiling=TilingConfig(o["tile"], o["overlap"], o["blend"], o["edge"], o["bands"]),
+        model=ModelConfig(o["backbone"], o["classes"], o["weights"], o["precision"], True, names),
+        inference=InferenceConfig(batch=o["batch"], actors=o["actors"], device=o["device"]),
+        ray=RayConfig(o["address"], o["num_cpus"]),
+        save_probs=o["save_probs"],
+    )
+
+
+def _run_infer(src: Path, out: Path, o: dict) -> None:
+    from pipeline.infer import USER_ERRORS, infer_scene
+
+    try:
+        result = infer_scene(src, out, _config(o), progress=o["progress"])
+    except USER_ERRORS as e:
+        msg = str(e)
+        raise click.ClickException(msg if str(src) in msg or str(out) in msg else f"{src}: {msg}") from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; nothing written at {out}", err=True)
+        sys.exit(130)
+    click.echo(f"mask: {result.mask}")
+    if result.probs:
+        click.echo(f"probabilities: {result.probs}")
+    click.echo(f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, {result.tiles_per_second:.2f} tiles/s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tilewise")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def cli(verbose: int, quiet: int) -> None:
+    """tilewise: seam-free tiled segmentation of huge rasters on Ray."""
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output mask (COG).")
+@inference_options
+def infer(src: Path, out: Path, **o) -> None:
+    """Segment SRC (a GeoTIFF/COG of any size) into a georeferenced COG mask at OUT."""
+    _run_infer(src, out, o)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("tilewise-demo"), show_default=True, help="Where the sample scene and mask go.")
+@click.option("--size", type=int, default=1024, show_default=True, help="Side of the generated scene in pixels.")
+@inference_options
+def demo(workdir: Path, size: int, **o) -> None:
+    """Generate a sample scene and segment it on an embedded Ray, with built-in defaults."""
+    from pipeline.demo import make_scene
+
+    scene = make_scene(workdir / "scene.tif", size=size)
+    click.echo(f"sample scene: {scene} ({size}x{size}, 3 bands, EPSG:32633)")
+    _run_infer(scene, workdir / "mask.tif", o)
+    click.echo(f"open {workdir / 'mask.tif'} in QGIS next to {scene}")
+
+
+def main() -> None:
+    """Entry point of the ``tilewise`` command."""
+    cli(prog_name="tilewise")

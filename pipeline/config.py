@@ -1,0 +1,116 @@
+"""The resolved configuration of a run: one frozen dataclass tree, validated once.
+
+Every default is a named value with its reason. Validation errors name the
+field, the value and the valid range, so the CLI can print them as one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from models import Backbone, Precision
+from tiling import BlendMode, ConfigError, EdgeMode
+from tiling.options import lookup_option
+
+__all__ = ["InferenceConfig", "ModelConfig", "PipelineConfig", "RayConfig", "TilingConfig"]
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How the scene is cut and put back together."""
+
+    tile: int = 512  # DeepLabV3's receptive field is large; 512 px gives it context
+    overlap: float = 0.25  # a quarter tile hides the border effects of a ResNet
+    blend: BlendMode | str = BlendMode.GAUSSIAN
+    edge: EdgeMode | str = EdgeMode.SHIFT
+    bands: tuple[int, ...] | None = None  # 1-based; None = every band
+
+    def validate(self) -> TilingConfig:
+        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile <= 0:
+            raise ConfigError(f"tile: must be a positive number of pixels, got {self.tile!r}")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"overlap: must be in [0, 1), got {self.overlap!r}")
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            raise ConfigError(f"bands: must be 1-based band numbers, got {self.bands!r}")
+        blend = lookup_option(self.blend, BlendMode, "blend")
+        edge = lookup_option(self.edge, EdgeMode, "edge")
+        return TilingConfig(self.tile, self.overlap, blend, edge, self.bands)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network, with which weights, at which precision."""
+
+    backbone: Backbone | str = Backbone.RESNET101
+    classes: int = 2
+    weights: str | None = None  # local checkpoint; None = random initialisation
+    precision: Precision | str = Precision.BF16  # ~2.5x faster than fp32 on CPU and GPU
+    channels_last: bool = True
+    class_names: tuple[str, ...] | None = None
+
+    def validate(self) -> ModelConfig:
+        if isinstance(self.classes, bool) or not isinstance(self.classes, int) or not 1 <= self.classes <= 254:
+            raise ConfigError(f"classes: must be between 1 and 254 (255 marks nodata), got {self.classes!r}")
+        if self.class_names is not None and len(self.class_names) != self.classes:
+            raise ConfigError(f"class_names: {len(self.class_names)} names for {self.classes} classes")
+        backbone = lookup_option(self.backbone, Backbone, "backbone")
+        precision = lookup_option(self.precision, Precision, "precision")
+        return ModelConfig(backbone, self.classes, self.weights, precision, self.channels_last, self.class_names)
+
+    @property
+    def names(self) -> list[str]:
+        """Class names, ``class_0`` ... where none were given."""
+        return list(self.class_names or (f"class_{k}" for k in range(self.classes)))
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How the work is spread over Ray."""
+
+    batch: int = 8  # tiles per forward pass
+    actors: int | None = None  # model replicas; None = one per GPU, or one on CPU
+    device: str | None = None  # None = cuda when available
+    tiles_per_task: int | None = None  # tiles per Ray read task; None = 4 batches
+
+    def validate(self) -> InferenceConfig:
+        for name in ("batch", "actors", "tiles_per_task"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where Ray runs: an embedded local instance unless an address is given."""
+
+    address: str | None = None  # or RAY_ADDRESS; None = start a local Ray
+    num_cpus: int | None = None  # CPUs of the local Ray; None = all
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything one inference run needs."""
+
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    save_probs: bool = False
+
+    def validate(self) -> PipelineConfig:
+        """A copy with options resolved to enums.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
+        if self.model.weights is not None and not Path(self.model.weights).is_file():
+            raise ConfigError(f"weights: {self.model.weights}: no such file")
+        return PipelineConfig(
+            self.tiling.validate(), self.model.validate(), self.inference.validate(), self.ray, self.save_probs
+        )
+
+    def to_dict(self) -> dict:
+        """Plain-data form, for saving next to the outputs."""
+        return asdict(self)

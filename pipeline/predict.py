@@ -1,0 +1,53 @@
+"""The Ray Data UDF that runs the model: one instance per actor, model loaded once."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from models import Normalization, Predictor, build_model
+from pipeline.config import ModelConfig
+
+__all__ = ["PredictUDF"]
+
+
+class PredictUDF:
+    """Callable class for ``map_batches``: tiles in, class probabilities out.
+
+    Args:
+        model: a ready ``torch.nn.Module``, or None to build DeepLabV3 from
+            ``model_config`` in the actor (weights are read where it runs).
+        model_config: backbone, classes, weights, precision.
+        bands: input band count.
+        normalization: per-band mean/std.
+        device: torch device for the forward pass.
+        threads: torch intra-op threads on CPU (Ray sets 1 by default).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None,
+        model_config: ModelConfig,
+        bands: int,
+        normalization: Normalization | None,
+        device: str | None,
+        threads: int,
+    ) -> None:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        if model is None:
+            model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
+        self.classes = model_config.classes
+        self.predictor = Predictor(
+            model, normalization, model_config.precision, model_config.channels_last, device
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, valid, skip = batch["image"], batch["valid"], batch["skip"]
+        scores = np.zeros((len(images), self.classes, *images.shape[2:]), np.float32)
+        run = ~skip
+        if run.any():
+            scores[run] = self.predictor(images[run], valid[run])
+        return {"index": batch["index"], "scores": scores, "valid": valid, "skip": skip}

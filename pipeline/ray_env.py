@@ -1,0 +1,50 @@
+"""Start or join Ray, and tune Ray Data for tile streaming."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+from ray.data import DataContext
+
+__all__ = ["ensure_ray", "unwrap_user_error"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
+
+    Does nothing if Ray is already initialised in this process.
+    """
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        if address:
+            log.info("joining Ray cluster at %s", address)
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # tilewise shows one bar in tiles, with rate and ETA
+    ctx.print_on_execution_start = False
+    # Results arrive in plan order, so the stitcher's frontier of open blocks
+    # stays one tile row wide instead of growing with reordering.
+    ctx.execution_options.preserve_order = True
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def unwrap_user_error(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """Find an exception of ``kinds`` inside a Ray task error chain, if any."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kinds):
+            return e
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    return None

@@ -1,0 +1,218 @@
+"""Streaming Cloud-Optimised GeoTIFF sink for label masks (and optional probabilities).
+
+Blocks are written as they finish into a tiled, compressed GTiff under a
+temporary name beside the output. :meth:`CogSink.finalize` converts it with
+GDAL's COG driver (which adds overviews) and renames the result into place,
+so the final name appears only when the file is complete. Writing directly
+with ``driver="COG"`` would buffer the whole raster in memory; the windowed
+GTiff plus ``rasterio.shutil.copy`` stays flat (see DESIGN.md's pitfalls).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import rasterio.windows
+from affine import Affine
+from rasterio.errors import RasterioError
+
+from tiling.errors import SinkError, SinkFinalizedError
+from tiling.geotiff import gdal_env
+from tiling.source import GeoRef
+from tiling.stitch import LABEL_NODATA
+from tiling.windows import Window
+
+__all__ = ["CogSink", "default_colormap", "probs_path_for"]
+
+log = logging.getLogger(__name__)
+
+#: Distinct colours for the first classes (tab10); more classes cycle through a hash.
+_PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+def default_colormap(classes: int) -> dict[int, tuple[int, int, int, int]]:
+    """A colour per class, and transparent black for nodata."""
+    cmap = {}
+    for k in range(classes):
+        if k < len(_PALETTE):
+            r, g, b = _PALETTE[k]
+        else:
+            r, g, b = ((k * 97) % 256, (k * 57) % 256, (k * 151) % 256)
+        cmap[k] = (r, g, b, 255)
+    cmap[LABEL_NODATA] = (0, 0, 0, 0)
+    return cmap
+
+
+def probs_path_for(path: Path) -> Path:
+    """Where ``--save-probs`` writes the probabilities next to mask ``path``."""
+    return path.with_name(f"{path.stem}.probs{path.suffix or '.tif'}")
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        raise SinkError(f"{path}: cannot write output, folder {parent} does not exist")
+    if not parent.is_dir():
+        raise SinkError(f"{path}: cannot write output, {parent} is not a folder")
+    if path.is_dir():
+        raise SinkError(f"{path}: cannot write output, a folder of that name exists")
+    if not os.access(parent, os.W_OK):
+        raise SinkError(f"{path}: cannot write output, folder {parent} is not writable")
+
+
+class _TiffPart:
+    """One tiled GTiff under a temporary name that becomes a COG on commit."""
+
+    def __init__(self, final: Path, profile: dict, resampling: str) -> None:
+        self.final = final
+        self.resampling = resampling
+        tag = uuid.uuid4().hex[:8]
+        self.tmp = final.with_name(f".{final.name}.{tag}.part.tif")
+        self.tmp_cog = final.with_name(f".{final.name}.{tag}.cog.part.tif")
+        try:
+            self.ds = rasterio.open(self.tmp, "w", **profile)
+        except (RasterioError, OSError) as e:
+            raise SinkError(f"{final}: cannot write output ({e})") from e
+
+    def convert(self, block: int) -> None:
+        """Close the GTiff and convert it to a COG, still under a temporary name."""
+        self.ds.close()
+        try:
+            rasterio.shutil.copy(
+                self.tmp, self.tmp_cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=block,
+                OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=self.resampling, BIGTIFF="IF_SAFER",
+            )  # fmt: skip
+        except (RasterioError, OSError) as e:
+            raise SinkError(f"{self.final}: cannot write output ({e})") from e
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        """Move the finished COG to its final name (atomic on one file system)."""
+        os.replace(self.tmp_cog, self.final)
+
+    def remove(self) -> None:
+        if not self.ds.closed:
+            self.ds.close()
+        for p in (self.tmp, self.tmp_cog):
+            p.unlink(missing_ok=True)
+
+
+class CogSink:
+    """Write a uint8 label mask (and optionally uint8 probabilities x255) as COGs.
+
+    The mask copies the source's CRS, transform, width and height; nodata
+    pixels get label 255, declared as the file's nodata. Class names go into
+    the band description and tags, colours into the colour table.
+
+    Args:
+        path: the output mask.
+        shape: (rows, cols) of the scene.
+        georef: CRS, transform of the source.
+        class_names: one name per class.
+        save_probs: also write ``<stem>.probs.tif`` with one band per class.
+        block: internal tile size of the outputs.
+
+    Raises:
+        SinkError: if the output folder is missing or not writable.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        georef: GeoRef,
+        class_names: Sequence[str],
+        save_probs: bool = False,
+        block: int = 256,
+    ) -> None:
+        self.path = Path(path)
+        _check_writable(self.path)
+        self.block = block
+        self.class_names = list(class_names)
+        self._env = gdal_env()
+        self._env.__enter__()
+        base = dict(
+            driver="GTiff", height=shape[0], width=shape[1], tiled=True,
+            blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER",
+            crs=georef.crs, transform=Affine(*georef.transform) if georef.transform else None,
+        )  # fmt: skip
+        self._parts: list[_TiffPart] = []
+        try:
+            self._mask = self._add(self.path, dict(base, count=1, dtype="uint8", nodata=LABEL_NODATA), "NEAREST")
+            self._probs = None
+            if save_probs:
+                profile = dict(base, count=len(self.class_names), dtype="uint8", nodata=None)
+                self._probs = self._add(probs_path_for(self.path), profile, "AVERAGE")
+            self._describe()
+        except Exception:
+            self.abort()
+            raise
+        self._closed = False
+
+    def _add(self, final: Path, profile: dict, resampling: str) -> _TiffPart:
+        part = _TiffPart(final, profile, resampling)
+        self._parts.append(part)
+        return part
+
+    def write(self, window: Window, labels: np.ndarray, probs: np.ndarray | None) -> None:
+        """Write one finished block: labels (rows, cols), probs (K, rows, cols) in [0, 1]."""
+        if self._closed:
+            raise SinkFinalizedError(f"{self.path}: written to after it was finalised")
+        rw = rasterio.windows.Window(window.start[1], window.start[0], window.shape[1], window.shape[0])
+        self._mask.ds.write(labels[np.newaxis], window=rw)
+        if self._probs is not None and probs is not None:
+            self._probs.ds.write(np.rint(probs * 255).astype(np.uint8), window=rw)
+
+    def _describe(self) -> None:
+        names = json.dumps(self.class_names)
+        ds = self._mask.ds
+        ds.write_colormap(1, default_colormap(len(self.class_names)))
+        ds.set_band_description(1, "class")
+        ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel")
+        ds.update_tags(1, **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
+        if self._probs is not None:
+            for k, n in enumerate(self.class_names):
+                self._probs.ds.set_band_description(k + 1, f"p({n})")
+            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255")
+
+    def finalize(self) -> Path:
+        """Convert to COG and move into place; returns the mask path.
+
+        Raises:
+            SinkFinalizedError: if called twice.
+            SinkError: if the conversion or rename fails (nothing is left behind).
+        """
+        if self._closed:
+            raise SinkFinalizedError(f"{self.path}: finalised twice")
+        self._closed = True
+        try:
+            for part in self._parts:
+                part.convert(self.block)
+            for part in self._parts:
+                part.publish()
+        except Exception:
+            self.abort()
+            raise
+        finally:
+            self._env.__exit__(None, None, None)
+        log.info("wrote %s", self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Remove every temporary file; the final names are never touched."""
+        self._closed = True
+        for part in getattr(self, "_parts", []):
+            part.remove()
+

@@ -1,0 +1,88 @@
+"""The Source protocol, its picklable spec, and opening a source from a path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from tiling.windows import Window
+
+__all__ = ["GeoRef", "Source", "SourceSpec", "open_source"]
+
+
+@dataclass(frozen=True)
+class GeoRef:
+    """Where a raster's pixels lie on the ground.
+
+    Attributes:
+        crs: the coordinate reference system as WKT, or None when the file has none.
+        transform: the affine pixel-to-CRS transform as GDAL's 6 coefficients
+            ``(a, b, c, d, e, f)`` in rasterio's order, or None.
+        nodata: the source's nodata value, or None.
+    """
+
+    crs: str | None
+    transform: tuple[float, ...] | None
+    nodata: float | None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A 2-D multi-band image that can be read window by window.
+
+    ``read`` returns ``(data, valid)``: data (bands, rows, cols) in the
+    source's dtype (floats as float32) with invalid pixels zeroed, and valid
+    (rows, cols) bool, False where the source marks nodata, where a value is
+    not finite, and where the window overruns the image (that part is padded).
+    """
+
+    path: Path
+    shape: tuple[int, int]
+    count: int
+    dtype: np.dtype
+    block_shape: tuple[int, int]
+    georef: GeoRef
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def spec(self) -> SourceSpec: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Source: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a worker needs to reopen a source: small and picklable."""
+
+    path: str
+    kind: str = "geotiff"
+    bands: tuple[int, ...] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def open(self) -> Source:
+        """Open the source this spec describes."""
+        return open_source(self.path, bands=self.bands, kind=self.kind, **self.options)
+
+
+def open_source(path: str | Path, bands: tuple[int, ...] | None = None, kind: str | None = None, **options: Any) -> Source:
+    """Open ``path`` with the reader for its format.
+
+    Args:
+        path: the image file (anything GDAL reads).
+        bands: 1-based band indexes to read, all when None.
+        kind: force a reader; chosen from the path when None.
+
+    Raises:
+        SourceOpenError: if the file is missing or not a readable image.
+        ConfigError: if a band does not exist.
+    """
+    from tiling.geotiff import GeoTiffSource
+
+    return GeoTiffSource(path, bands=bands, **options)
