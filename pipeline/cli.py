@@ -60,6 +60,7 @@ def inference_options(f):
         click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
         click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)."),
         click.option("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)."),
+        click.option("--allow-no-crs", is_flag=True, help="Accept a source without CRS (the mask keeps only the pixel grid)."),
         click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
     ]
     for opt in reversed(opts):
@@ -77,24 +78,47 @@ def _config(o: dict):
         inference=InferenceConfig(batch=o["batch"], actors=o["actors"], device=o["device"]),
         ray=RayConfig(o["address"], o["num_cpus"]),
         save_probs=o["save_probs"],
+        allow_no_crs=o["allow_no_crs"],
     )
 
 
-def _run_infer(src: Path, out: Path, o: dict) -> None:
-    from pipeline.infer import USER_ERRORS, infer_scene
+def _one_line(src: Path, e: Exception) -> str:
+    msg = " ".join(str(e).split())
+    return msg if str(src) in msg else f"{src}: {msg}"
 
-    try:
-        result = infer_scene(src, out, _config(o), progress=o["progress"])
-    except USER_ERRORS as e:
-        msg = str(e)
-        raise click.ClickException(msg if str(src) in msg or str(out) in msg else f"{src}: {msg}") from None
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; nothing written at {out}", err=True)
-        sys.exit(130)
+
+def _report(result) -> None:
     click.echo(f"mask: {result.mask}")
     if result.probs:
         click.echo(f"probabilities: {result.probs}")
     click.echo(f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, {result.tiles_per_second:.2f} tiles/s")
+
+
+def _run_infer(sources: tuple[Path, ...], out: Path, o: dict) -> None:
+    from pipeline.config import PipelineConfig
+    from pipeline.infer import USER_ERRORS, infer_many, infer_scene
+
+    try:
+        cfg: PipelineConfig = _config(o).validate()
+        if len(sources) == 1:
+            _report(infer_scene(sources[0], out, cfg, progress=o["progress"]))
+            return
+        if not out.is_dir():
+            raise click.ClickException(f"{out}: with several sources, --out must be an existing folder")
+        outcome = infer_many(list(sources), out, cfg, progress=o["progress"])
+    except USER_ERRORS as e:
+        raise click.ClickException(_one_line(sources[0], e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; nothing written at {out}", err=True)
+        sys.exit(130)
+    failed = {s: r for s, r in outcome.items() if isinstance(r, Exception)}
+    for src, r in outcome.items():
+        if src in failed:
+            click.echo(f"Error: {_one_line(src, r)}", err=True)
+        else:
+            _report(r)
+    if failed:
+        raise click.ClickException(f"{len(outcome) - len(failed)} of {len(outcome)} scenes written; {len(failed)} failed")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,11 +131,15 @@ def cli(verbose: int, quiet: int) -> None:
 
 
 @cli.command()
-@click.argument("src", type=click.Path(path_type=Path))
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output mask (COG).")
+@click.argument("src", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output mask (COG); a folder when several SRC are given.")
 @inference_options
-def infer(src: Path, out: Path, **o) -> None:
-    """Segment SRC (a GeoTIFF/COG of any size) into a georeferenced COG mask at OUT."""
+def infer(src: tuple[Path, ...], out: Path, **o) -> None:
+    """Segment SRC (GeoTIFF/COG of any size) into a georeferenced COG mask at OUT.
+
+    With several SRC, OUT is a folder and each mask is OUT/<stem>_mask.tif;
+    a scene that fails is reported and the others still finish.
+    """
     _run_infer(src, out, o)
 
 
@@ -125,7 +153,7 @@ def demo(workdir: Path, size: int, **o) -> None:
 
     scene = make_scene(workdir / "scene.tif", size=size)
     click.echo(f"sample scene: {scene} ({size}x{size}, 3 bands, EPSG:32633)")
-    _run_infer(scene, workdir / "mask.tif", o)
+    _run_infer((scene,), workdir / "mask.tif", o)
     click.echo(f"open {workdir / 'mask.tif'} in QGIS next to {scene}")
 
 

@@ -98,6 +98,7 @@ class PipelineConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     save_probs: bool = False
+    allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
 
     def validate(self) -> PipelineConfig:
         """A copy with options resolved to enums.
@@ -108,8 +109,9 @@ class PipelineConfig:
         if self.model.weights is not None and not Path(self.model.weights).is_file():
             raise ConfigError(f"weights: {self.model.weights}: no such file")
         return PipelineConfig(
-            self.tiling.validate(), self.model.validate(), self.inference.validate(), self.ray, self.save_probs
-        )
+            self.tiling.validate(), self.model.validate(), self.inference.validate(), self.ray,
+            self.save_probs, self.allow_no_crs,
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
         """Plain-data form, for saving next to the outputs."""

@@ -18,11 +18,11 @@ from pipeline.config import PipelineConfig
 from pipeline.datasource import TileDatasource
 from pipeline.predict import PredictUDF
 from pipeline.ray_env import ensure_ray, unwrap_user_error
-from tiling import Stitcher, TileGrid, TilingError, open_source
+from tiling import ConfigError, Stitcher, TileGrid, TilingError, open_source
 from tiling.cog import CogSink, probs_path_for
 from tiling.stats import sample_band_stats
 
-__all__ = ["InferenceResult", "USER_ERRORS", "infer_scene"]
+__all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,11 @@ def infer_scene(
         if normalization is None:
             normalization = Normalization(*sample_band_stats(source))
         spec, georef, bands, itemsize = source.spec(), source.georef, source.count, source.dtype.itemsize
+    if georef.crs is None and not cfg.allow_no_crs:
+        raise ConfigError(
+            f"{src}: has no CRS, so the mask could not be placed on a map; "
+            "pass --allow-no-crs to write a mask on the bare pixel grid"
+        )
     sink = CogSink(out, grid.shape, georef, cfg.model.names, cfg.save_probs, OUTPUT_BLOCK)
     try:
         skipped = _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress)
@@ -143,3 +148,30 @@ def _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress)
     stitcher.close()
     return skipped
 
+
+
+def mask_path_for(src: str | Path, out_dir: str | Path) -> Path:
+    """Where a batch run writes the mask of ``src``: ``<out_dir>/<stem>_mask.tif``."""
+    return Path(out_dir) / f"{Path(src).stem}_mask.tif"
+
+
+def infer_many(
+    sources: list[str | Path],
+    out_dir: str | Path,
+    config: PipelineConfig | None = None,
+    progress: bool = True,
+) -> dict[Path, InferenceResult | Exception]:
+    """Segment several scenes into ``out_dir``; a scene that fails does not stop the others.
+
+    Returns:
+        For each source, its result or the user error that stopped it.
+        Errors that are not user errors (bugs) still propagate.
+    """
+    outcome: dict[Path, InferenceResult | Exception] = {}
+    for src in sources:
+        try:
+            outcome[Path(src)] = infer_scene(src, mask_path_for(src, out_dir), config, progress=progress)
+        except USER_ERRORS as e:
+            log.error("%s", e)
+            outcome[Path(src)] = e
+    return outcome

@@ -33,6 +33,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # stays one tile row wide instead of growing with reordering.
     ctx.execution_options.preserve_order = True
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data warns that its own bars are off; tilewise turned them off on purpose.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def unwrap_user_error(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:

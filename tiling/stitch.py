@@ -135,14 +135,14 @@ class Stitcher:
             raise TilingError(f"tile index {index} is outside the plan of {len(self._seen)} tiles")
         if self._seen[index]:
             raise TilingError(f"tile {index} was added twice")
-        self._seen[index] = True
         window = self.grid.windows[index]
+        expected = (self.classes, *window.shape)
+        if scores is not None and scores.shape != expected:
+            raise TilingError(f"tile {index}: scores have shape {scores.shape}, expected {expected}")
+        self._seen[index] = True
         inside = clip(window, self.shape)
         weight = None
         if scores is not None:
-            expected = (self.classes, *window.shape)
-            if scores.shape != expected:
-                raise TilingError(f"tile {index}: scores have shape {scores.shape}, expected {expected}")
             weight = self.weights(index)
             if valid is not None:
                 weight = weight * valid
