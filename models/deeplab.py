@@ -99,18 +99,23 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def _fit_checkpoint(
     sd: dict[str, torch.Tensor], classes: int, in_channels: int, path: Path
-) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Rename, drop and adapt checkpoint entries; returns (state dict, keys to leave initialised)."""
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """Rename, drop and adapt checkpoint entries.
+
+    Returns the state dict and the key prefixes that may stay randomly
+    initialised (the head, or the whole classifier for a backbone checkpoint).
+    """
+    reinit: tuple[str, ...] = ()
     if "conv1.weight" in sd and "backbone.conv1.weight" not in sd:  # a plain ResNet checkpoint
         sd = {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
+        reinit = ("classifier.",)
+        log.info("%s: backbone weights only; the segmentation head starts fresh", path)
     sd = {k: v for k, v in sd.items() if not k.startswith("aux_classifier.")}
-    reinit: set[str] = set()
     head = sd.get("classifier.4.weight")
     if head is not None and head.shape[0] != classes:
         log.info("%s: head has %d classes, model %d; the last layer starts fresh", path, head.shape[0], classes)
         sd = {k: v for k, v in sd.items() if not k.startswith("classifier.4.")}
-    if head is None or head.shape[0] != classes:
-        reinit |= {"classifier.4.weight", "classifier.4.bias"}
+        reinit += ("classifier.4.",)
     conv = sd.get("backbone.conv1.weight")
     if conv is None:
         raise WeightsError(f"{path}: has no backbone.conv1.weight; not a DeepLabV3/ResNet checkpoint")
@@ -157,7 +162,7 @@ def build_model(
         path = Path(weights)
         sd, reinit = _fit_checkpoint(load_state_dict(path), classes, in_channels, path)
         result = model.load_state_dict(sd, strict=False)
-        missing = set(result.missing_keys) - reinit
+        missing = {k for k in result.missing_keys if not k.startswith(reinit)}
         if missing or result.unexpected_keys:
             bad = sorted(missing)[:3] or sorted(result.unexpected_keys)[:3]
             raise WeightsError(

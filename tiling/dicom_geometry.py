@@ -1,0 +1,275 @@
+"""DICOM geometry and checks shared by the DICOM sources and the SEG sink.
+
+Patient coordinates are DICOM's LPS, in millimetres. A volume's array axes
+are (z, y, x): z runs along the slice normal (the cross product of the two
+ImageOrientationPatient direction cosines) from the lowest position to the
+highest, y down the rows of a slice and x along its columns.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from tiling.errors import SourceOpenError, WindowError
+from tiling.windows import Window
+
+__all__ = [
+    "DUPLICATE_TOLERANCE_MM",
+    "SPACING_TOLERANCE",
+    "DecoderMissingError",
+    "DicomSeriesError",
+    "FrameCache",
+    "SlideGeometry",
+    "VolumeGeometry",
+    "check_window_ndim",
+    "require_decoder",
+    "slice_normal",
+    "stack_order",
+]
+
+#: Two slices closer than this along the normal are the same position (mm).
+DUPLICATE_TOLERANCE_MM = 1e-3
+#: A step may differ from the median step by this fraction before it is a gap;
+#: scanners round positions to ~0.01 mm, a missing slice is a 100 % deviation.
+SPACING_TOLERANCE = 0.05
+
+#: What to ``pip install`` to decode each compressed transfer syntax.
+_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg (or Pillow)",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",  # JPEG extended 12-bit
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K lossless
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K lossless RPCL
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",  # RLE (pydicom also decodes it natively)
+}
+
+
+class DicomSeriesError(SourceOpenError):
+    """A DICOM series or stack is not one regular volume (sizes, gaps, duplicates, several series)."""
+
+
+class DecoderMissingError(SourceOpenError):
+    """The pixel data is compressed with a transfer syntax no installed plugin decodes."""
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Where a (z, y, x) volume lies in patient space, and which instances it came from.
+
+    Attributes:
+        shape: (z, y, x) voxels.
+        spacing: (z, y, x) voxel size in mm: slice step, row spacing, column spacing.
+        origin: LPS position in mm of voxel (0, 0, 0), the first slice's
+            ImagePositionPatient.
+        orientation: ImageOrientationPatient, 6 direction cosines: along a
+            row (the x axis), then down a column (the y axis).
+        frame_of_reference_uid: FrameOfReferenceUID, or None when absent.
+        study_instance_uid: StudyInstanceUID.
+        series_instance_uid: SeriesInstanceUID.
+        sop_class_uid: SOPClassUID of the source instances.
+        sop_instance_uids: per z slice, the SOPInstanceUID it was read from.
+        files: per z slice, the file it was read from.
+        frame_indices: per z slice, the 0-based frame in that file (0 for
+            single-frame files).
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    orientation: tuple[float, float, float, float, float, float]
+    frame_of_reference_uid: str | None
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    files: tuple[str, ...]
+    frame_indices: tuple[int, ...]
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit vector (3,) of the z axis in LPS."""
+        return slice_normal(self.orientation)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(3, 3) matrix whose columns are the z, y, x axes' unit vectors in LPS."""
+        o = np.asarray(self.orientation, float)
+        return np.column_stack([self.normal, o[3:], o[:3]])
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(4, 4) matrix taking homogeneous voxel indices (z, y, x, 1) to LPS mm."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction * np.asarray(self.spacing)
+        a[:3, 3] = self.origin
+        return a
+
+
+@dataclass(frozen=True)
+class SlideGeometry:
+    """The total pixel matrix of a tiled whole-slide image.
+
+    Attributes:
+        shape: (rows, cols) of the total pixel matrix.
+        tile_shape: (rows, cols) of one frame (tile).
+        pixel_spacing: (row, col) spacing in mm.
+        origin: (x, y) offset in mm of the matrix's top-left corner in the
+            slide coordinate system (TotalPixelMatrixOriginSequence).
+        orientation: ImageOrientationSlide, 6 direction cosines.
+        frame_of_reference_uid: FrameOfReferenceUID.
+        study_instance_uid: StudyInstanceUID.
+        series_instance_uid: SeriesInstanceUID.
+        sop_class_uid: SOPClassUID.
+        sop_instance_uid: SOPInstanceUID of the slide image.
+        file: the file.
+    """
+
+    shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+    pixel_spacing: tuple[float, float]
+    origin: tuple[float, float]
+    orientation: tuple[float, ...]
+    frame_of_reference_uid: str | None
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    file: str
+
+
+def slice_normal(orientation: Sequence[float]) -> np.ndarray:
+    """Unit normal (3,) of a slice: row cosines x column cosines."""
+    o = np.asarray(orientation, float)
+    n = np.cross(o[:3], o[3:])
+    return n / np.linalg.norm(n)
+
+
+def stack_order(
+    positions: np.ndarray,
+    orientation: Sequence[float],
+    names: Sequence[str],
+    where: Path,
+    tolerance: float = SPACING_TOLERANCE,
+) -> tuple[np.ndarray, float | None]:
+    """Order slices along their normal and check that they are evenly spaced.
+
+    Args:
+        positions: (n, 3) ImagePositionPatient of each slice, LPS mm.
+        orientation: the stack's ImageOrientationPatient.
+        names: per slice, how to name it in errors (a file, or a frame).
+        where: the folder or file named in errors.
+        tolerance: allowed relative deviation of a step from the median step.
+
+    Returns:
+        The permutation that sorts the slices (lowest position first), and
+        the slice step in mm (None for a single slice).
+
+    Raises:
+        DicomSeriesError: if two slices share a position, or a step deviates
+            from the median step (a missing slice, or two stacks mixed).
+    """
+    dist = np.asarray(positions, float) @ slice_normal(orientation)
+    order = np.argsort(dist, kind="stable")
+    if len(order) < 2:
+        return order, None
+    d = dist[order]
+    steps = np.diff(d)
+    dup = np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM)
+    if dup.size:
+        i = int(dup[0])
+        raise DicomSeriesError(
+            f"{where}: {names[order[i]]} and {names[order[i + 1]]} lie at the same position "
+            f"({d[i]:.3f} mm along the slice normal); remove the duplicate slice"
+        )
+    step = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - step) > tolerance * step)
+    if bad.size:
+        i = int(bad[0])
+        raise DicomSeriesError(
+            f"{where}: slices are not evenly spaced, a gap of {steps[i]:.3f} mm (expected {step:.3f} mm) "
+            f"between slice {i} {names[order[i]]} at {d[i]:.3f} mm and slice {i + 1} "
+            f"{names[order[i + 1]]} at {d[i + 1]:.3f} mm; a slice is missing or two stacks are mixed"
+        )
+    return order, step
+
+
+def require_decoder(path: Path | str, transfer_syntax: str) -> None:
+    """Check that pydicom has a plugin installed for ``transfer_syntax``.
+
+    Raises:
+        DecoderMissingError: naming the file, the syntax and what to pip install.
+    """
+    uid = UID(str(transfer_syntax))
+    if not uid.is_encapsulated:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError as e:
+        raise DecoderMissingError(
+            f"{path}: pixel data is compressed as {uid.name} ({uid}), which pydicom cannot decode; "
+            "convert the file to an uncompressed transfer syntax (e.g. gdcmconv --raw)"
+        ) from e
+    if not decoder.is_available:
+        package = _DECODER_PACKAGES.get(str(uid), "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
+        raise DecoderMissingError(
+            f"{path}: pixel data is compressed as {uid.name} ({uid}) and no decoder for it is "
+            f"installed; pip install {package}"
+        )
+
+
+def check_window_ndim(window: Window, ndim: int, path: Path) -> None:
+    """Raise WindowError unless ``window`` has ``ndim`` axes."""
+    if window.ndim != ndim:
+        axes = "(z, y, x)" if ndim == 3 else "(rows, cols)"
+        raise WindowError(f"{path}: needs a {ndim}-axis window {axes}, got {window.ndim} axes {window}")
+
+
+class FrameCache:
+    """A small LRU of decoded frames, bounded in bytes.
+
+    Tiles of a sliding window overlap and several tiles share a slice or a
+    slide tile; keeping the last few decoded frames avoids decoding them
+    again. At least one frame is always kept.
+
+    Args:
+        load: decodes frame ``key``.
+        max_bytes: the cap on the decoded frames held.
+    """
+
+    def __init__(self, load: Callable[[int], np.ndarray], max_bytes: int) -> None:
+        self._load = load
+        self.max_bytes = max_bytes
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.decoded = 0
+
+    def get(self, key: int) -> np.ndarray:
+        """Frame ``key``, decoded now or taken from the cache."""
+        frame = self._frames.get(key)
+        if frame is not None:
+            self._frames.move_to_end(key)
+            return frame
+        frame = self._load(key)
+        self.decoded += 1
+        self._frames[key] = frame
+        used = sum(f.nbytes for f in self._frames.values())
+        while used > self.max_bytes and len(self._frames) > 1:
+            _, old = self._frames.popitem(last=False)
+            used -= old.nbytes
+        return frame
+
+    def clear(self) -> None:
+        """Drop every cached frame."""
+        self._frames.clear()
