@@ -252,6 +252,11 @@ class DicomSeriesSource:
         )
 
     @property
+    def frames_decoded(self) -> int:
+        """How many slices have been decoded so far (a slice served from the cache does not count)."""
+        return self._cache.decoded
+
+    @property
     def files(self) -> tuple[Path, ...]:
         """Per z slice, its file."""
         return tuple(h.file for h in self._slices)

@@ -142,7 +142,7 @@ class DicomMultiframeSource:
         self.geometry = VolumeGeometry(
             shape=(frames, int(ds.Rows), int(ds.Columns)),
             spacing=(step, *pixel_spacing),
-            origin=tuple(positions[order[0]]),
+            origin=tuple(float(v) for v in positions[order[0]]),
             orientation=orientation,
             frame_of_reference_uid=ds.get("FrameOfReferenceUID"),
             study_instance_uid=str(ds.StudyInstanceUID),
@@ -155,6 +155,11 @@ class DicomMultiframeSource:
         self.shape = self.geometry.shape
         self.block_shape = (1, *self.shape[1:])
         self._cache = FrameCache(self._decode, cache_bytes)
+
+    @property
+    def frames_decoded(self) -> int:
+        """How many frames have been decoded so far (a frame served from the cache does not count)."""
+        return self._cache.decoded
 
     def spec(self) -> SourceSpec:
         """A picklable description to reopen this source in another process."""

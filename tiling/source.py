@@ -74,15 +74,50 @@ class SourceSpec:
 def open_source(path: str | Path, bands: tuple[int, ...] | None = None, kind: str | None = None, **options: Any) -> Source:
     """Open ``path`` with the reader for its format.
 
+    A ``.zarr`` store (or a folder holding Zarr metadata) opens as Zarr, a
+    folder or a DICOM file (``.dcm`` or the ``DICM`` preamble) as DICOM, and
+    anything else through GDAL as GeoTIFF. The DICOM and Zarr readers are
+    imported only when needed, so GeoTIFF users need not install them.
+
     Args:
-        path: the image file (anything GDAL reads).
-        bands: 1-based band indexes to read, all when None.
-        kind: force a reader; chosen from the path when None.
+        path: the image file, folder or store.
+        bands: 1-based band indexes to read (GeoTIFF), all when None.
+        kind: force a reader (``geotiff``, ``zarr``, ``dicom``, ``dicom-series``,
+            ``dicom-multiframe``, ``dicom-slide``); guessed from the path when None.
 
     Raises:
         SourceOpenError: if the file is missing or not a readable image.
         ConfigError: if a band does not exist.
     """
+    path = Path(path)
+    kind = kind or _guess_kind(path)
+    if kind == "zarr":
+        from tiling.zarr_io import ZarrSource
+
+        return ZarrSource(path, **options)
+    if kind.startswith("dicom"):
+        from tiling import dicom
+
+        opener = {
+            "dicom": dicom.open_dicom,
+            "dicom-series": dicom.DicomSeriesSource,
+            "dicom-multiframe": dicom.DicomMultiframeSource,
+            "dicom-slide": dicom.DicomSlideSource,
+        }[kind]
+        return opener(path, **options)
     from tiling.geotiff import GeoTiffSource
 
     return GeoTiffSource(path, bands=bands, **options)
+
+
+def _guess_kind(path: Path) -> str:
+    if path.suffix == ".zarr" or any((path / m).exists() for m in (".zgroup", ".zarray", "zarr.json")):
+        return "zarr"
+    if path.is_dir() or path.suffix.lower() == ".dcm":
+        return "dicom"
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if head[128:132] == b"DICM":
+            return "dicom"
+    return "geotiff"

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 #: Label written where no valid pixel contributed (source nodata, padding).
 LABEL_NODATA = 255
 #: Default cap on accumulator memory before spilling to disk.
-DEFAULT_MAX_OPEN_BYTES = 256 * 2**20
+DEFAULT_MAX_OPEN_BYTES = 128 * 2**20
 
 
 class BlockWriter(Protocol):
@@ -89,6 +89,7 @@ class Stitcher:
         self._spilled: set[tuple[int, int]] = set()
         self._spill_dir: Path | None = None
         self.blocks_written = 0
+        self.skipped = 0
         self.spills = 0
         self.peak_open_bytes = 0
 
@@ -140,6 +141,7 @@ class Stitcher:
         if scores is not None and scores.shape != expected:
             raise TilingError(f"tile {index}: scores have shape {scores.shape}, expected {expected}")
         self._seen[index] = True
+        self.skipped += scores is None
         inside = clip(window, self.shape)
         weight = None
         if scores is not None:
