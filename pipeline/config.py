@@ -72,9 +72,13 @@ class InferenceConfig:
     actors: int | None = None  # model replicas; None = one per GPU, or one on CPU
     device: str | None = None  # None = cuda when available
     tiles_per_task: int | None = None  # tiles per Ray read task; None = 4 batches
+    # Cap on Ray Data's object-store use for tiles in flight: without it, reads
+    # run ahead of the model and queue up to 30% of RAM, so memory would grow
+    # with the scene until that cap. 256 MiB keeps a few batches per operator.
+    inflight_mb: int = 256
 
     def validate(self) -> InferenceConfig:
-        for name in ("batch", "actors", "tiles_per_task"):
+        for name in ("batch", "actors", "tiles_per_task", "inflight_mb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
@@ -87,6 +91,10 @@ class RayConfig:
 
     address: str | None = None  # or RAY_ADDRESS; None = start a local Ray
     num_cpus: int | None = None  # CPUs of the local Ray; None = all
+    # Object store of the local Ray. Ray's default is 30% of RAM, and the
+    # store's shared pages, once touched, stay resident: a small store keeps
+    # peak memory flat while streaming tiles (Ray Data spills beyond it).
+    object_store_mb: int = 512
 
 
 @dataclass(frozen=True)

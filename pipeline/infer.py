@@ -41,6 +41,8 @@ class InferenceResult:
     tiles: int
     skipped: int
     seconds: float
+    stitch_peak_bytes: int = 0  # largest accumulator memory the stitcher held
+    stitch_spills: int = 0  # accumulator blocks spilled to disk (0 unless the frontier outgrew its cap)
 
     @property
     def tiles_per_second(self) -> float:
@@ -107,7 +109,7 @@ def infer_scene(
         )
     sink = CogSink(out, grid.shape, georef, cfg.model.names, cfg.save_probs, OUTPUT_BLOCK)
     try:
-        skipped = _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress)
+        stitcher = _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress)
         mask = sink.finalize()
     except BaseException as e:
         sink.abort()
@@ -115,13 +117,18 @@ def infer_scene(
         if cause is not None:
             raise cause from None
         raise
-    result = InferenceResult(mask, probs_path_for(mask) if cfg.save_probs else None, len(grid), skipped, time.perf_counter() - t0)
-    log.info("%s: %d tiles (%d skipped as nodata) in %.1fs, %.1f tiles/s", mask, result.tiles, skipped, result.seconds, result.tiles_per_second)
+    result = InferenceResult(
+        mask, probs_path_for(mask) if cfg.save_probs else None, len(grid), stitcher.skipped,
+        time.perf_counter() - t0, stitcher.peak_open_bytes, stitcher.spills,
+    )  # fmt: skip
+    log.info("%s: %d tiles (%d skipped as nodata) in %.1fs, %.1f tiles/s", mask, result.tiles, result.skipped, result.seconds, result.tiles_per_second)
     return result
 
 
-def _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress) -> int:
-    ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+def _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress) -> Stitcher:
+    ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
+    options = ray.data.DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.inference.inflight_mb * 2**20)
     device = str(cfg.inference.device or ("cuda" if ray.cluster_resources().get("GPU") else "cpu"))
     actors, resources, threads = _resources(cfg, device)
     batch = cfg.inference.batch
@@ -137,16 +144,14 @@ def _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress)
         batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy", **resources,
     )  # fmt: skip
     stitcher = Stitcher(grid, cfg.model.classes, cfg.tiling.blend, sink, (OUTPUT_BLOCK,) * 2, cfg.save_probs)
-    skipped = 0
     with tqdm(total=len(grid), unit="tile", desc=Path(spec.path).name, disable=not progress, smoothing=0.1) as bar:
         for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             for i, index in enumerate(out["index"]):
                 skip = bool(out["skip"][i])
                 stitcher.add(int(index), None if skip else out["scores"][i], out["valid"][i])
-                skipped += skip
             bar.update(len(out["index"]))
     stitcher.close()
-    return skipped
+    return stitcher
 
 
 

@@ -40,13 +40,16 @@ class PredictUDF:
         if model is None:
             model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
         self.classes = model_config.classes
+        # Scores cross the object store; below fp32 the model has no more
+        # precision than float16 carries, so halve the bytes.
+        self.dtype = np.float32 if str(model_config.precision) == "fp32" else np.float16
         self.predictor = Predictor(
             model, normalization, model_config.precision, model_config.channels_last, device
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
-        scores = np.zeros((len(images), self.classes, *images.shape[2:]), np.float32)
+        scores = np.zeros((len(images), self.classes, *images.shape[2:]), self.dtype)
         run = ~skip
         if run.any():
             scores[run] = self.predictor(images[run], valid[run])

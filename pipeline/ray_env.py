@@ -13,7 +13,7 @@ __all__ = ["ensure_ray", "unwrap_user_error"]
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = 512) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
 
     Does nothing if Ray is already initialised in this process.
@@ -25,7 +25,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             log.info("joining Ray cluster at %s", address)
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            store = object_store_mb * 2**20 if object_store_mb else None
+            ray.init(num_cpus=num_cpus, object_store_memory=store, **kwargs)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # tilewise shows one bar in tiles, with rate and ETA
     ctx.print_on_execution_start = False
