@@ -6,14 +6,14 @@ field, the value and the valid range, so the CLI can print them as one line.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from models import Backbone, Precision
 from tiling import BlendMode, ConfigError, EdgeMode
 from tiling.options import lookup_option
 
-__all__ = ["InferenceConfig", "ModelConfig", "PipelineConfig", "RayConfig", "TilingConfig"]
+__all__ = ["InferenceConfig", "InputConfig", "ModelConfig", "PipelineConfig", "RayConfig", "TilingConfig"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class TilingConfig:
     blend: BlendMode | str = BlendMode.GAUSSIAN
     edge: EdgeMode | str = EdgeMode.SHIFT
     bands: tuple[int, ...] | None = None  # 1-based; None = every band
+    axis: int = 0  # volumes: segmented slice by slice across this axis (0 = axial for CT)
+    context: int = 1  # volumes: 3 = 2.5-D, the slice and its two neighbours as channels
 
     def validate(self) -> TilingConfig:
         if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile <= 0:
@@ -33,9 +35,39 @@ class TilingConfig:
             raise ConfigError(f"overlap: must be in [0, 1), got {self.overlap!r}")
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
             raise ConfigError(f"bands: must be 1-based band numbers, got {self.bands!r}")
+        if self.axis not in (0, 1, 2):
+            raise ConfigError(f"axis: must be 0, 1 or 2, got {self.axis!r}")
+        if self.context not in (1, 3):
+            raise ConfigError(f"context: must be 1 (2-D slices) or 3 (2.5-D), got {self.context!r}")
         blend = lookup_option(self.blend, BlendMode, "blend")
         edge = lookup_option(self.edge, EdgeMode, "edge")
-        return TilingConfig(self.tile, self.overlap, blend, edge, self.bands)
+        return replace(self, blend=blend, edge=edge)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Which part of a source to read, and how to scale its intensities."""
+
+    series: str | None = None  # DICOM SeriesInstanceUID when a folder holds several
+    level: int | None = None  # OME-Zarr multiscale level (0 = full resolution)
+    window: str | None = None  # CT intensity window: "low,high" in HU, or a preset name
+
+    def validate(self) -> InputConfig:
+        if self.level is not None and (isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0):
+            raise ConfigError(f"level: must be a non-negative integer, got {self.level!r}")
+        if self.window is not None:
+            from tiling.dicom import window_bounds
+
+            window_bounds(self.window)  # raises ConfigError naming the presets
+        return self
+
+    def bounds(self) -> tuple[float, float] | None:
+        """The intensity window as (low, high), or None."""
+        if self.window is None:
+            return None
+        from tiling.dicom import window_bounds
+
+        return window_bounds(self.window)
 
 
 @dataclass(frozen=True)
@@ -56,7 +88,7 @@ class ModelConfig:
             raise ConfigError(f"class_names: {len(self.class_names)} names for {self.classes} classes")
         backbone = lookup_option(self.backbone, Backbone, "backbone")
         precision = lookup_option(self.precision, Precision, "precision")
-        return ModelConfig(backbone, self.classes, self.weights, precision, self.channels_last, self.class_names)
+        return replace(self, backbone=backbone, precision=precision)
 
     @property
     def names(self) -> list[str]:
@@ -105,8 +137,10 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     save_probs: bool = False
     allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
+    output_format: str | None = None  # cog | ome-zarr | dicom-seg; None = from the extension
 
     def validate(self) -> PipelineConfig:
         """A copy with options resolved to enums.
@@ -116,9 +150,9 @@ class PipelineConfig:
         """
         if self.model.weights is not None and not Path(self.model.weights).is_file():
             raise ConfigError(f"weights: {self.model.weights}: no such file")
-        return PipelineConfig(
-            self.tiling.validate(), self.model.validate(), self.inference.validate(), self.ray,
-            self.save_probs, self.allow_no_crs,
+        return replace(
+            self, tiling=self.tiling.validate(), input=self.input.validate(),
+            model=self.model.validate(), inference=self.inference.validate(),
         )  # fmt: skip
 
     def to_dict(self) -> dict:

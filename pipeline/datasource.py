@@ -9,6 +9,7 @@ backpressure, and each worker reopens the source from its picklable spec.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -17,20 +18,61 @@ from ray.data.datasource import Datasource, ReadTask
 
 from tiling import SourceSpec, Window
 
-__all__ = ["TileDatasource", "read_tiles"]
+__all__ = ["TileDatasource", "TileLayout", "read_tile", "read_tiles"]
 
 
-def read_tiles(spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int) -> Iterator[dict]:
+@dataclass(frozen=True)
+class TileLayout:
+    """How a window of the source becomes a 2-D model input.
+
+    Attributes:
+        slice_axis: for a volume, the axis its one-voxel-thick windows are
+            thin along (squeezed away); None for a 2-D image.
+        context: slices fed as channels (1, or 3 for 2.5-D: the slice and its
+            two neighbours along ``slice_axis``).
+        intensity: ``(low, high)`` to window intensities into [0, 1] (CT), or None.
+    """
+
+    slice_axis: int | None = None
+    context: int = 1
+    intensity: tuple[float, float] | None = None
+
+
+def read_tile(source, window: Window, layout: TileLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Read one tile as ``(image (C', t, t), valid (t, t))`` for the model."""
+    axis = layout.slice_axis
+    if axis is None:
+        data, valid = source.read(window)
+    else:
+        half = layout.context // 2
+        start = list(window.start)
+        shape = list(window.shape)
+        start[axis] -= half
+        shape[axis] += 2 * half
+        data, valid = source.read(Window(tuple(start), tuple(shape)))
+        # (C, ..., context, ...) -> (C * context, t, t); valid of the centre slice
+        data = np.moveaxis(data, axis + 1, 1).reshape(-1, *np.delete(data.shape[1:], axis))
+        valid = np.take(valid, half, axis=axis)
+    if layout.intensity is not None:
+        low, high = layout.intensity
+        data = np.clip((data.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+    return data, valid
+
+
+def read_tiles(
+    spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int, layout: TileLayout = TileLayout()
+) -> Iterator[dict]:
     """Read ``windows`` from the source and yield batches of ``rows`` tiles.
 
-    Each batch holds ``index`` (n,) int64 tile numbers, ``image`` (n, C, t, t)
-    in the source dtype, ``valid`` (n, t, t) bool, and ``skip`` (n,) bool for
-    tiles without a single valid pixel (the model does not run on them).
+    Each batch holds ``index`` (n,) int64 tile numbers, ``image`` (n, C', t, t)
+    in the source dtype (float32 after intensity windowing), ``valid``
+    (n, t, t) bool, and ``skip`` (n,) bool for tiles without a single valid
+    pixel (the model does not run on them).
     """
     with spec.open() as source:
         for start in range(0, len(windows), rows):
             idx = indices[start : start + rows]
-            reads = [source.read(w) for w in windows[start : start + rows]]
+            reads = [read_tile(source, w, layout) for w in windows[start : start + rows]]
             valid = np.stack([v for _, v in reads])
             yield {
                 "index": np.asarray(idx, np.int64),
@@ -40,8 +82,8 @@ def read_tiles(spec: SourceSpec, indices: Sequence[int], windows: Sequence[Windo
             }
 
 
-def _read_blocks(spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int) -> Iterator[Block]:
-    for batch in read_tiles(spec, indices, windows, rows):
+def _read_blocks(spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int, layout: TileLayout) -> Iterator[Block]:
+    for batch in read_tiles(spec, indices, windows, rows, layout):
         yield BlockAccessor.batch_to_block(batch)
 
 
@@ -55,6 +97,7 @@ class TileDatasource(Datasource):
         itemsize: bytes per pixel per band.
         tiles_per_task: windows per read task.
         rows_per_block: tiles per emitted block (the inference batch size).
+        layout: how windows become model inputs (volumes, 2.5-D, windowing).
     """
 
     def __init__(
@@ -65,7 +108,9 @@ class TileDatasource(Datasource):
         itemsize: int,
         tiles_per_task: int,
         rows_per_block: int,
+        layout: TileLayout = TileLayout(),
     ) -> None:
+        self.layout = layout
         self.spec = spec
         self.windows = list(windows)
         self.tile_bytes = int(np.prod(self.windows[0].shape)) * (bands * itemsize + 1)
@@ -86,6 +131,6 @@ class TileDatasource(Datasource):
             meta = BlockMetadata(
                 num_rows=len(windows), size_bytes=self.tile_bytes * len(windows), exec_stats=None, input_files=None
             )
-            fn = partial(_read_blocks, self.spec, indices, windows, self.rows_per_block)
+            fn = partial(_read_blocks, self.spec, indices, windows, self.rows_per_block, self.layout)
             tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks

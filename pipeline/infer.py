@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 from tqdm.auto import tqdm
@@ -15,11 +16,13 @@ from tqdm.auto import tqdm
 from models import ModelError, Normalization, build_model, first_conv
 from models.errors import BandCountError
 from pipeline.config import PipelineConfig
-from pipeline.datasource import TileDatasource
+from pipeline.datasource import TileDatasource, TileLayout
 from pipeline.predict import PredictUDF
 from pipeline.ray_env import ensure_ray, unwrap_user_error
-from tiling import ConfigError, Stitcher, TileGrid, TilingError, open_source
-from tiling.cog import CogSink, probs_path_for
+from pipeline.sinks import OutputFormat, open_sink, output_format, stitch_block
+from tiling import ConfigError, SourceSpec, Stitcher, TileGrid, TilingError, open_source
+from tiling.cog import probs_path_for
+from tiling.source import guess_kind
 from tiling.stats import sample_band_stats
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
@@ -28,8 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Errors caused by input or options; the CLI prints them as one line.
 USER_ERRORS: tuple[type[Exception], ...] = (TilingError, ModelError)
-#: Output block size (the COG's internal tiles, and the stitcher's unit).
-OUTPUT_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,19 @@ class InferenceResult:
     tiles: int
     skipped: int
     seconds: float
+    first_result_seconds: float = 0.0  # start-up: from the call to the first predicted tiles
     stitch_peak_bytes: int = 0  # largest accumulator memory the stitcher held
     stitch_spills: int = 0  # accumulator blocks spilled to disk (0 unless the frontier outgrew its cap)
 
     @property
     def tiles_per_second(self) -> float:
         return self.tiles / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def steady_tiles_per_second(self) -> float:
+        """Throughput after start-up (Ray, actors, model build, first batch)."""
+        busy = self.seconds - self.first_result_seconds
+        return self.tiles / busy if busy > 0 else math.inf
 
 
 def _resources(cfg: PipelineConfig, device: str) -> tuple[int, dict, int]:
@@ -63,13 +71,59 @@ def _resources(cfg: PipelineConfig, device: str) -> tuple[int, dict, int]:
 
 
 def _check_model(cfg: PipelineConfig, bands: int, model: torch.nn.Module | None) -> None:
-    """Fail before any work if the weights are unreadable or the bands do not fit."""
+    """Fail before any work if the weights are unreadable or the bands do not fit.
+
+    A randomly initialised DeepLabV3 fits any band count, so only a weights
+    file is loaded here (the actors load it again where they run).
+    """
     if model is None:
-        build_model(cfg.model.backbone, cfg.model.classes, bands, cfg.model.weights)
+        if cfg.model.weights is not None:
+            build_model(cfg.model.backbone, cfg.model.classes, bands, cfg.model.weights)
         return
     conv = first_conv(model)
     if conv is not None and conv.in_channels != bands:
         raise BandCountError(f"the image has {bands} band(s) but the model takes {conv.in_channels}; choose bands with --bands")
+
+
+def _source_options(cfg: PipelineConfig, src: Path) -> dict:
+    """Options for :func:`tiling.open_source`, refusing those that do not apply to the format."""
+    kind = guess_kind(src)
+    options: dict = {}
+    if cfg.tiling.bands is not None:
+        if kind != "geotiff":
+            raise ConfigError(f"{src}: --bands applies to GeoTIFF sources only")
+        options["bands"] = cfg.tiling.bands
+    if cfg.input.level is not None:
+        if kind != "zarr":
+            raise ConfigError(f"{src}: --level applies to OME-Zarr sources only")
+        options["level"] = cfg.input.level
+    if cfg.input.series is not None:
+        if kind != "dicom" or not src.is_dir():
+            raise ConfigError(f"{src}: --series applies to a folder of DICOM files only")
+        options["series_uid"] = cfg.input.series
+    return options
+
+
+def _normalization(source, layout: TileLayout) -> Normalization:
+    """Per-channel mean/std: fixed after intensity windowing, else sampled from the scene."""
+    channels = source.count * layout.context
+    if layout.intensity is not None:  # windowed into [0, 1]
+        return Normalization((0.5,) * channels, (0.25,) * channels)
+    mean, std = sample_band_stats(source)
+    return Normalization(tuple(np.repeat(mean, layout.context)), tuple(np.repeat(std, layout.context)))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the Ray part of a run needs, fixed before any work starts."""
+
+    grid: TileGrid
+    layout: TileLayout
+    spec: SourceSpec
+    channels: int
+    itemsize: int
+    block: tuple[int, ...]
+    normalization: Normalization
 
 
 def infer_scene(
@@ -80,36 +134,47 @@ def infer_scene(
     normalization: Normalization | None = None,
     progress: bool = True,
 ) -> InferenceResult:
-    """Segment the GeoTIFF ``src`` into the COG mask ``out``.
+    """Segment ``src`` (GeoTIFF, DICOM or Zarr) into a mask at ``out``.
+
+    The output format follows ``config.output_format`` or ``out``'s
+    extension: ``.tif`` COG, ``.zarr`` OME-Zarr, ``.dcm`` DICOM SEG.
+    Volumes are segmented slice by slice across ``config.tiling.axis``.
 
     Args:
-        src: the input raster.
+        src: the input image, series folder or store.
         out: the output mask; it appears only when complete.
         config: options; defaults otherwise.
         model: any ``torch.nn.Module`` mapping (B, C, H, W) to (B, K, H, W);
             DeepLabV3 per ``config.model`` when None.
-        normalization: per-band mean/std; estimated from a sample of the scene when None.
+        normalization: per-channel mean/std; estimated from a sample of the scene when None.
         progress: show a progress bar with tiles/s and ETA.
 
     Raises:
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
     cfg = (config or PipelineConfig()).validate()
+    src, out = Path(src), Path(out)
     t0 = time.perf_counter()
-    with open_source(src, bands=cfg.tiling.bands) as source:
-        grid = TileGrid(source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape)
-        _check_model(cfg, source.count, model)
-        if normalization is None:
-            normalization = Normalization(*sample_band_stats(source))
-        spec, georef, bands, itemsize = source.spec(), source.georef, source.count, source.dtype.itemsize
-    if georef.crs is None and not cfg.allow_no_crs:
-        raise ConfigError(
-            f"{src}: has no CRS, so the mask could not be placed on a map; "
-            "pass --allow-no-crs to write a mask on the bare pixel grid"
-        )
-    sink = CogSink(out, grid.shape, georef, cfg.model.names, cfg.save_probs, OUTPUT_BLOCK)
+    fmt = output_format(out, cfg.output_format)
+    with open_source(src, **_source_options(cfg, src)) as source:
+        volume = len(source.shape) == 3
+        grid = TileGrid(source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis)
+        layout = TileLayout(cfg.tiling.axis if volume else None, cfg.tiling.context if volume else 1, cfg.input.bounds())
+        channels = source.count * layout.context
+        _check_model(cfg, channels, model)
+        georef = getattr(source, "georef", None)
+        if fmt is OutputFormat.COG and georef is not None and georef.crs is None and not cfg.allow_no_crs:
+            raise ConfigError(
+                f"{src}: has no CRS, so the mask could not be placed on a map; "
+                "pass --allow-no-crs to write a mask on the bare pixel grid"
+            )
+        plan = _Plan(
+            grid, layout, source.spec(), channels, source.dtype.itemsize, stitch_block(source, fmt),
+            normalization or _normalization(source, layout),
+        )  # fmt: skip
+        sink = open_sink(out, source, fmt, cfg.model.names, cfg.save_probs)
     try:
-        stitcher = _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress)
+        stitcher, first = _run(cfg, plan, model, sink, progress)
         mask = sink.finalize()
     except BaseException as e:
         sink.abort()
@@ -118,41 +183,49 @@ def infer_scene(
             raise cause from None
         raise
     result = InferenceResult(
-        mask, probs_path_for(mask) if cfg.save_probs else None, len(grid), stitcher.skipped,
-        time.perf_counter() - t0, stitcher.peak_open_bytes, stitcher.spills,
+        mask, probs_path_for(mask) if cfg.save_probs and fmt is OutputFormat.COG else None, len(grid),
+        stitcher.skipped, time.perf_counter() - t0, first - t0, stitcher.peak_open_bytes, stitcher.spills,
     )  # fmt: skip
     log.info("%s: %d tiles (%d skipped as nodata) in %.1fs, %.1f tiles/s", mask, result.tiles, result.skipped, result.seconds, result.tiles_per_second)
     return result
 
 
-def _run(cfg, grid, model, normalization, spec, bands, itemsize, sink, progress) -> Stitcher:
+def _run(cfg: PipelineConfig, plan: _Plan, model: torch.nn.Module | None, sink, progress: bool) -> tuple[Stitcher, float]:
+    """Stream the plan through Ray Data into the stitcher; returns it and when the first tiles arrived."""
     ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
     options = ray.data.DataContext.get_current().execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.inference.inflight_mb * 2**20)
     device = str(cfg.inference.device or ("cuda" if ray.cluster_resources().get("GPU") else "cpu"))
     actors, resources, threads = _resources(cfg, device)
     batch = cfg.inference.batch
+    per_task = cfg.inference.tiles_per_task or 4 * batch
+    grid = plan.grid
     ds = ray.data.read_datasource(
-        TileDatasource(spec, grid.windows, bands, itemsize, cfg.inference.tiles_per_task or 4 * batch, batch),
-        override_num_blocks=math.ceil(len(grid) / (cfg.inference.tiles_per_task or 4 * batch)),
+        TileDatasource(plan.spec, grid.windows, plan.channels, plan.itemsize, per_task, batch, plan.layout),
+        override_num_blocks=math.ceil(len(grid) / per_task),
     ).map_batches(
         PredictUDF,
         fn_constructor_kwargs=dict(
-            model=model, model_config=cfg.model, bands=bands, normalization=normalization,
+            model=model, model_config=cfg.model, bands=plan.channels, normalization=plan.normalization,
             device=device, threads=threads,
         ),
         batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy", **resources,
     )  # fmt: skip
-    stitcher = Stitcher(grid, cfg.model.classes, cfg.tiling.blend, sink, (OUTPUT_BLOCK,) * 2, cfg.save_probs)
-    with tqdm(total=len(grid), unit="tile", desc=Path(spec.path).name, disable=not progress, smoothing=0.1) as bar:
+    stitcher = Stitcher(grid, cfg.model.classes, cfg.tiling.blend, sink, plan.block, cfg.save_probs)
+    axis = plan.layout.slice_axis
+    first = None
+    with tqdm(total=len(grid), unit="tile", desc=Path(plan.spec.path).name, disable=not progress, smoothing=0.1) as bar:
         for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            first = first or time.perf_counter()
+            scores, valid = out["scores"], out["valid"]
+            if axis is not None:  # back from 2-D tiles to one-slice-thick windows
+                scores, valid = np.expand_dims(scores, axis + 2), np.expand_dims(valid, axis + 1)
             for i, index in enumerate(out["index"]):
                 skip = bool(out["skip"][i])
-                stitcher.add(int(index), None if skip else out["scores"][i], out["valid"][i])
+                stitcher.add(int(index), None if skip else scores[i], valid[i])
             bar.update(len(out["index"]))
     stitcher.close()
-    return stitcher
-
+    return stitcher, first or time.perf_counter()
 
 
 def mask_path_for(src: str | Path, out_dir: str | Path) -> Path:

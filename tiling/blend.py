@@ -30,21 +30,21 @@ class BlendMode(str, Enum):
 
 
 @lru_cache(maxsize=8)
-def gaussian_weights(shape: tuple[int, int]) -> np.ndarray:
-    """A separable gaussian over ``shape``, peak 1, floored at :data:`GAUSSIAN_FLOOR`."""
-    axes = []
+def gaussian_weights(shape: tuple[int, ...]) -> np.ndarray:
+    """A separable gaussian over ``shape`` (any number of axes), peak 1,
+    floored at :data:`GAUSSIAN_FLOOR`; an axis of size 1 is flat."""
+    w = np.ones((), np.float64)
     for n in shape:
         x = np.arange(n, dtype=np.float64) - (n - 1) / 2
         sigma = max(n * GAUSSIAN_SIGMA_SCALE, 1e-6)
-        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
-    w = np.outer(axes[0], axes[1])
+        w = np.multiply.outer(w, np.exp(-0.5 * (x / sigma) ** 2))
     w = np.maximum(w / w.max(), GAUSSIAN_FLOOR).astype(np.float32)
     w.setflags(write=False)
     return w
 
 
-def tile_weights(mode: BlendMode, shape: tuple[int, int], core: Window | None = None) -> np.ndarray:
-    """Weights (rows, cols) float32 for one tile of ``shape``.
+def tile_weights(mode: BlendMode, shape: tuple[int, ...], core: Window | None = None) -> np.ndarray:
+    """Weights float32 of ``shape`` for one tile.
 
     Args:
         mode: the blend mode.

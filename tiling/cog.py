@@ -25,7 +25,7 @@ from affine import Affine
 from rasterio.errors import RasterioError
 
 from tiling.errors import SinkError, SinkFinalizedError
-from tiling.geotiff import gdal_env
+import tiling.geotiff  # noqa: F401  (caps GDAL's block cache before any I/O)
 from tiling.source import GeoRef
 from tiling.stitch import LABEL_NODATA
 from tiling.windows import Window
@@ -141,8 +141,6 @@ class CogSink:
         _check_writable(self.path)
         self.block = block
         self.class_names = list(class_names)
-        self._env = gdal_env()
-        self._env.__enter__()
         base = dict(
             driver="GTiff", height=shape[0], width=shape[1], tiled=True,
             blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER",
@@ -205,8 +203,6 @@ class CogSink:
         except Exception:
             self.abort()
             raise
-        finally:
-            self._env.__exit__(None, None, None)
         log.info("wrote %s", self.path)
         return self.path
 

@@ -29,12 +29,16 @@ log = logging.getLogger(__name__)
 
 #: GDAL's block cache defaults to 5% of RAM per process and counts in peak
 #: RSS; tilewise caps it in every process that reads or writes rasters.
+#: GDAL reads the setting once, at its first raster I/O, so it is set here,
+#: on import, in every process (Ray workers import this before reading);
+#: a value the user exported wins.
 GDAL_CACHEMAX_MB = 64
+os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHEMAX_MB))
 
 
 def gdal_env() -> rasterio.Env:
-    """A rasterio environment with the block cache capped."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB, GDAL_NUM_THREADS=1)
+    """A rasterio environment with the block cache capped (for short ``with`` blocks)."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB)
 
 
 def _first_line(e: BaseException) -> str:
@@ -62,12 +66,9 @@ class GeoTiffSource:
             raise SourceOpenError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise SourceOpenError(f"{self.path}: is a folder, not a raster file")
-        self._env = gdal_env()
-        self._env.__enter__()
         try:
             self._ds = rasterio.open(self.path)
         except RasterioError as e:
-            self._env.__exit__(None, None, None)
             raise SourceOpenError(f"{self.path}: not a readable raster ({_first_line(e)})") from e
         try:
             self._init_metadata(bands)
@@ -167,7 +168,6 @@ class GeoTiffSource:
         ds = getattr(self, "_ds", None)
         if ds is not None and not ds.closed:
             ds.close()
-            self._env.__exit__(None, None, None)
 
     def __enter__(self) -> GeoTiffSource:
         return self

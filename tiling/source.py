@@ -10,7 +10,7 @@ import numpy as np
 
 from tiling.windows import Window
 
-__all__ = ["GeoRef", "Source", "SourceSpec", "open_source"]
+__all__ = ["GeoRef", "Source", "SourceSpec", "guess_kind", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def open_source(path: str | Path, bands: tuple[int, ...] | None = None, kind: st
         ConfigError: if a band does not exist.
     """
     path = Path(path)
-    kind = kind or _guess_kind(path)
+    kind = kind or guess_kind(path)
     if kind == "zarr":
         from tiling.zarr_io import ZarrSource
 
@@ -110,7 +110,9 @@ def open_source(path: str | Path, bands: tuple[int, ...] | None = None, kind: st
     return GeoTiffSource(path, bands=bands, **options)
 
 
-def _guess_kind(path: Path) -> str:
+def guess_kind(path: str | Path) -> str:
+    """The reader for ``path``: ``zarr``, ``dicom`` or ``geotiff``."""
+    path = Path(path)
     if path.suffix == ".zarr" or any((path / m).exists() for m in (".zgroup", ".zarray", "zarr.json")):
         return "zarr"
     if path.is_dir() or path.suffix.lower() == ".dcm":

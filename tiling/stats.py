@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tiling.source import Source
@@ -24,26 +26,25 @@ class BandStats(tuple):
 
 def sample_band_stats(source: Source, grid: int = 4, size: int = 256) -> BandStats:
     """Mean and standard deviation per band over the valid pixels of a
-    ``grid`` x ``grid`` lattice of ``size``-pixel windows spread over the scene.
+    lattice of ``size``-pixel windows spread over the scene: ``grid`` positions
+    per image axis and, for a volume, ``grid`` single slices along axis 0.
 
-    Reads at most ``grid**2`` windows whatever the scene size, so it is cheap
-    on a 50 GB scene. A band with no spread gets std 1; a scene with no
+    Reads at most ``grid**ndim`` windows whatever the scene size, so it is
+    cheap on a 50 GB scene. A band with no spread gets std 1; a scene with no
     valid pixel in the sample gets mean 0, std 1.
     """
-    rows, cols = source.shape
-    h, w = min(size, rows), min(size, cols)
-    r_starts = np.linspace(0, rows - h, grid).astype(int) if rows > h else [0]
-    c_starts = np.linspace(0, cols - w, grid).astype(int) if cols > w else [0]
+    shape = tuple(source.shape)
+    sizes = [1 if (len(shape) == 3 and a == 0) else min(size, n) for a, n in enumerate(shape)]
+    starts = [sorted({int(x) for x in np.linspace(0, n - k, grid)}) for n, k in zip(shape, sizes)]
     total = np.zeros(source.count)
     total_sq = np.zeros(source.count)
     n = 0
-    for r in sorted(set(int(x) for x in r_starts)):
-        for c in sorted(set(int(x) for x in c_starts)):
-            data, valid = source.read(Window((r, c), (h, w)))
-            px = data[:, valid].astype(np.float64)
-            total += px.sum(axis=1)
-            total_sq += (px**2).sum(axis=1)
-            n += px.shape[1]
+    for start in itertools.product(*starts):
+        data, valid = source.read(Window(start, tuple(sizes)))
+        px = data[:, valid].astype(np.float64)
+        total += px.sum(axis=1)
+        total_sq += (px**2).sum(axis=1)
+        n += px.shape[1]
     if n == 0:
         return BandStats(((0.0,) * source.count, (1.0,) * source.count))
     mean = total / n

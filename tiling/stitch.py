@@ -14,6 +14,7 @@ folder and come back when touched again, so the bound holds for any scene.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
@@ -56,7 +57,7 @@ class Stitcher:
         classes: number of class-score channels per tile.
         blend: ``gaussian``, ``mean`` or ``center``.
         writer: where finished blocks go.
-        block: output block shape (rows, cols).
+        block: output block shape, one size per scene axis.
         keep_probs: also hand blended probabilities to the writer.
         max_open_bytes: accumulator memory above which blocks spill to disk.
     """
@@ -67,7 +68,7 @@ class Stitcher:
         classes: int,
         blend: BlendMode | str,
         writer: BlockWriter,
-        block: tuple[int, int] = (256, 256),
+        block: tuple[int, ...] = (256, 256),
         keep_probs: bool = False,
         max_open_bytes: int = DEFAULT_MAX_OPEN_BYTES,
     ) -> None:
@@ -81,12 +82,13 @@ class Stitcher:
         self.shape = grid.shape
         self.nblocks = tuple(math.ceil(n / b) for n, b in zip(self.shape, block))
         self.pending = np.zeros(self.nblocks, np.int32)
+        if len(block) != len(self.shape):
+            raise TilingError(f"output block {block} and scene {self.shape} differ in axes")
         for window in grid.windows:
-            (r0, r1), (c0, c1) = self._block_range(clip(window, self.shape))
-            self.pending[r0:r1, c0:c1] += 1
+            self.pending[self._block_range(clip(window, self.shape))] += 1
         self._seen = np.zeros(len(grid), bool)
-        self._open: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._spilled: set[tuple[int, int]] = set()
+        self._open: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._spilled: set[tuple[int, ...]] = set()
         self._spill_dir: Path | None = None
         self.blocks_written = 0
         self.skipped = 0
@@ -94,12 +96,14 @@ class Stitcher:
         self.peak_open_bytes = 0
 
     # -- geometry -------------------------------------------------------------
-    def _block_range(self, w: Window) -> tuple[tuple[int, int], tuple[int, int]]:
-        return tuple(  # type: ignore[return-value]
-            (a // b, (e - 1) // b + 1) for a, e, b in zip(w.start, w.stop, self.block)
-        )
+    def _block_range(self, w: Window) -> tuple[slice, ...]:
+        """The block indexes (as slices per axis) that window ``w`` touches."""
+        return tuple(slice(a // b, (e - 1) // b + 1) for a, e, b in zip(w.start, w.stop, self.block))
 
-    def _block_window(self, key: tuple[int, int]) -> Window:
+    def _block_keys(self, w: Window) -> itertools.product:
+        return itertools.product(*(range(s.start, s.stop) for s in self._block_range(w)))
+
+    def _block_window(self, key: tuple[int, ...]) -> Window:
         start = tuple(k * b for k, b in zip(key, self.block))
         shape = tuple(min(b, n - s) for b, n, s in zip(self.block, self.shape, start))
         return Window(start, shape)
@@ -123,10 +127,10 @@ class Stitcher:
 
         Args:
             index: position of the tile in ``grid.windows``.
-            scores: (K, tile, tile) class scores over the full window, or
+            scores: (K, *window.shape) class scores over the full window, or
                 ``None`` for a tile skipped because it holds no valid pixel.
-            valid: (tile, tile) bool, False where the source is nodata or the
-                window overran the scene; those pixels get zero weight.
+            valid: (*window.shape) bool, False where the source is nodata or
+                the window overran the scene; those pixels get zero weight.
 
         Raises:
             TilingError: if the tile index is out of range or added twice, or
@@ -148,8 +152,7 @@ class Stitcher:
             weight = self.weights(index)
             if valid is not None:
                 weight = weight * valid
-        (r0, r1), (c0, c1) = self._block_range(inside)
-        for key in ((r, c) for r in range(r0, r1) for c in range(c0, c1)):
+        for key in self._block_keys(inside):
             if weight is not None:
                 part = intersection(inside, self._block_window(key))
                 src = part.relative_to(window).to_slices()
@@ -163,7 +166,7 @@ class Stitcher:
             if self.pending[key] == 0:
                 self._finish(key)
 
-    def _get(self, key: tuple[int, int]) -> np.ndarray:
+    def _get(self, key: tuple[int, ...]) -> np.ndarray:
         acc = self._open.get(key)
         if acc is not None:
             self._open.move_to_end(key)
@@ -194,11 +197,11 @@ class Stitcher:
             self.spills += 1
             used -= acc.nbytes
 
-    def _spill_path(self, key: tuple[int, int]) -> Path:
+    def _spill_path(self, key: tuple[int, ...]) -> Path:
         assert self._spill_dir is not None
-        return self._spill_dir / f"{key[0]}_{key[1]}.npy"
+        return self._spill_dir / ("_".join(map(str, key)) + ".npy")
 
-    def _finish(self, key: tuple[int, int]) -> None:
+    def _finish(self, key: tuple[int, ...]) -> None:
         window = self._block_window(key)
         acc = self._open.pop(key, None)
         if acc is None and key in self._spilled:
