@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from models import Backbone, Precision
+from pipeline.sinks import OutputFormat
 from tiling import BlendMode, EdgeMode, NotGeoreferencedWarning
 
 __all__ = ["cli", "main"]
@@ -55,7 +56,13 @@ def inference_options(f):
         click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local torchvision/tilewise checkpoint; random init if omitted."),
         click.option("--precision", type=_choice(Precision), default="bf16", show_default=True),
         click.option("--bands", callback=_csv_ints, default=None, help="1-based bands to use, e.g. 1,2,3 (default: all)."),
-        click.option("--save-probs", is_flag=True, help="Also write <out>.probs.tif with per-class probabilities (x255)."),
+        click.option("--save-probs", is_flag=True, help="Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr."),
+        click.option("--format", "output_format", type=_choice(OutputFormat), default=None, help="Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+        click.option("--series", default=None, help="DICOM SeriesInstanceUID, when the folder holds several series."),
+        click.option("--level", type=int, default=None, help="OME-Zarr multiscale level to segment (default 0)."),
+        click.option("--window", default=None, help="CT intensity window 'low,high' in HU, or soft-tissue|lung|bone|brain."),
+        click.option("--axis", type=int, default=0, show_default=True, help="Volumes: segment slice by slice across this axis."),
+        click.option("--context", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Volumes: 3 = 2.5-D (the slice and its neighbours as channels)."),
         click.option("--actors", type=int, default=None, help="Model replicas (default: one per GPU, else one)."),
         click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
         click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)."),
@@ -69,16 +76,18 @@ def inference_options(f):
 
 
 def _config(o: dict):
-    from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
+    from pipeline.config import InferenceConfig, InputConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
 
     names = tuple(n.strip() for n in o["class_names"].split(",")) if o["class_names"] else None
     return PipelineConfig(
-        tiling=TilingConfig(o["tile"], o["overlap"], o["blend"], o["edge"], o["bands"]),
+        tiling=TilingConfig(o["tile"], o["overlap"], o["blend"], o["edge"], o["bands"], o["axis"], int(o["context"])),
+        input=InputConfig(o["series"], o["level"], o["window"]),
         model=ModelConfig(o["backbone"], o["classes"], o["weights"], o["precision"], True, names),
         inference=InferenceConfig(batch=o["batch"], actors=o["actors"], device=o["device"]),
         ray=RayConfig(o["address"], o["num_cpus"]),
         save_probs=o["save_probs"],
         allow_no_crs=o["allow_no_crs"],
+        output_format=o["output_format"],
     )
 
 
@@ -135,7 +144,12 @@ def cli(verbose: int, quiet: int) -> None:
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output mask (COG); a folder when several SRC are given.")
 @inference_options
 def infer(src: tuple[Path, ...], out: Path, **o) -> None:
-    """Segment SRC (GeoTIFF/COG of any size) into a georeferenced COG mask at OUT.
+    """Segment SRC into a mask at OUT.
+
+    SRC is a GeoTIFF/COG, a DICOM series folder, a DICOM file (enhanced
+    multi-frame or whole-slide) or a Zarr/OME-Zarr store, of any size. OUT's
+    extension picks the format: .tif (COG with the source's georeferencing),
+    .zarr (OME-Zarr) or .dcm (DICOM SEG referencing the source images).
 
     With several SRC, OUT is a folder and each mask is OUT/<stem>_mask.tif;
     a scene that fails is reported and the others still finish.
