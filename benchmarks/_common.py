@@ -48,6 +48,7 @@ class TreeMemorySampler:
         self.interval = interval
         self.peak_total = 0
         self.peak_driver = 0
+        self.peak_process = 0  # largest RSS of any single process in the tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -56,9 +57,11 @@ class TreeMemorySampler:
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_full_info().pss
+                info = p.memory_full_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+                continue
+            total += info.pss
+            self.peak_process = max(self.peak_process, info.rss)
         self.peak_total = max(self.peak_total, total)
         self.peak_driver = max(self.peak_driver, me.memory_info().rss)
 
