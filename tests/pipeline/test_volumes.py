@@ -215,3 +215,34 @@ def test_dicom_seg_needs_a_dicom_source(tmp_path, rgb_byte) -> None:
 def test_option_for_another_format_is_refused(tmp_path) -> None:
     out = tmp_path / "m.zarr"
     assert_clean_failure(run_cli("infer", LANDSAT, "--out", out, "--series", "1.2.3"), out, "--series")
+
+
+def test_whole_slide_image_to_dicom_seg_and_ome_zarr(ray_session, tmp_path) -> None:
+    slide = SHARED / "dicom" / "highdicom" / "sm_image.dcm"
+    model = pixel_model(3)
+    norm = Normalization((220.0,) * 3, (20.0,) * 3)
+    from tiling.dicom import DicomSlideSource
+
+    with DicomSlideSource(slide) as src:
+        image, valid = src.read(Window((0, 0), src.shape))
+    expected = Predictor(model, norm, precision="fp32", channels_last=False)(image[None].astype(np.float32), valid[None])[0].argmax(0)
+    seg_path, zarr_path = tmp_path / "slide_seg.dcm", tmp_path / "slide.zarr"
+    for out in (seg_path, zarr_path):
+        infer_scene(slide, out, cfg(32), model=model, normalization=norm, progress=False)
+    seg = hd.seg.segread(seg_path)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(slide).SOPInstanceUID
+    np.testing.assert_array_equal(seg.get_total_pixel_matrix(combine_segments=True), expected + 1)
+    np.testing.assert_array_equal(zarr.open_group(zarr_path, mode="r")["0"][...], expected)
+
+
+def test_enhanced_multiframe_ct_to_dicom_seg(ray_session, tmp_path) -> None:
+    ect = SHARED / "dicom" / "pydicom-data" / "eCT_Supplemental.dcm"
+    out = tmp_path / "ect_seg.dcm"
+    infer_scene(ect, out, cfg(256, window="-160,240"), model=pixel_model(1), progress=False)
+    seg = hd.seg.segread(out)
+    src = pydicom.dcmread(ect, stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert seg.pixel_array.shape[-2:] == (512, 512) and seg.number_of_frames == 2
+    source_z = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in src.PerFrameFunctionalGroupsSequence)
+    seg_z = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in seg.PerFrameFunctionalGroupsSequence)
+    assert seg_z == pytest.approx(source_z)
