@@ -17,6 +17,7 @@ from tiling.errors import (
     WindowError,
 )
 from tiling.grid import TileGrid
+from tiling.sink import Sink
 from tiling.source import GeoRef, Source, SourceSpec, open_source
 from tiling.stitch import LABEL_NODATA, Stitcher
 from tiling.windows import EdgeMode, Window, plan_windows
@@ -29,6 +30,7 @@ __all__ = [
     "GeoRef",
     "NotGeoreferencedWarning",
     "SinkError",
+    "Sink",
     "SinkFinalizedError",
     "Source",
     "SourceOpenError",

@@ -26,6 +26,7 @@ from rasterio.errors import RasterioError
 
 from tiling.errors import SinkError, SinkFinalizedError
 import tiling.geotiff  # noqa: F401  (caps GDAL's block cache before any I/O)
+from tiling.sink import Sink
 from tiling.source import GeoRef
 from tiling.stitch import LABEL_NODATA
 from tiling.windows import Window
@@ -109,7 +110,7 @@ class _TiffPart:
             p.unlink(missing_ok=True)
 
 
-class CogSink:
+class CogSink(Sink):
     """Write a uint8 label mask (and optionally uint8 probabilities x255) as COGs.
 
     The mask copies the source's CRS, transform, width and height; nodata
@@ -138,6 +139,7 @@ class CogSink:
         block: int = 256,
     ) -> None:
         self.path = Path(path)
+        self.shape = tuple(shape)
         _check_writable(self.path)
         self.block = block
         self.class_names = list(class_names)
@@ -166,8 +168,7 @@ class CogSink:
 
     def write(self, window: Window, labels: np.ndarray, probs: np.ndarray | None) -> None:
         """Write one finished block: labels (rows, cols), probs (K, rows, cols) in [0, 1]."""
-        if self._closed:
-            raise SinkFinalizedError(f"{self.path}: written to after it was finalised")
+        self._check_block(window, labels)
         rw = rasterio.windows.Window(window.start[1], window.start[0], window.shape[1], window.shape[0])
         self._mask.ds.write(labels[np.newaxis], window=rw)
         if self._probs is not None and probs is not None:

@@ -33,14 +33,14 @@ from tiling.dicom_geometry import (
     FrameCache,
     SlideGeometry,
     VolumeGeometry,
-    check_window_ndim,
+    read_slices,
     require_decoder,
     stack_order,
 )
-from tiling.errors import ConfigError, SourceOpenError, SourceReadError, WindowError
+from tiling.errors import ConfigError, SourceOpenError, SourceReadError
 from tiling.options import lookup_option
 from tiling.source import SourceSpec
-from tiling.windows import Window, clip
+from tiling.windows import Window
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -287,19 +287,7 @@ class DicomSeriesSource:
             WindowError: if the window does not have 3 axes.
             SourceReadError: if a slice cannot be decoded.
         """
-        check_window_ndim(window, 3, self.path)
-        data = np.zeros((1, *window.shape), np.float32)
-        valid = np.zeros(window.shape, bool)
-        try:
-            inside = clip(window, self.shape)
-        except WindowError:
-            return data, valid
-        rel = inside.relative_to(window).to_slices()
-        _, ys, xs = inside.to_slices()
-        for k, z in enumerate(range(inside.start[0], inside.stop[0])):
-            data[0, rel[0].start + k, rel[1], rel[2]] = self._cache.get(z)[ys, xs]
-        valid[rel] = True
-        return data, valid
+        return read_slices(window, self.shape, self._cache, self.path)
 
     def close(self) -> None:
         """Drop cached slices (no file stays open between reads)."""

@@ -23,6 +23,7 @@ from tiling.dicom_geometry import (
     SlideGeometry,
     VolumeGeometry,
     check_window_ndim,
+    read_slices,
     require_decoder,
     stack_order,
 )
@@ -182,19 +183,7 @@ class DicomMultiframeSource:
             WindowError: if the window does not have 3 axes.
             SourceReadError: if a frame cannot be decoded.
         """
-        check_window_ndim(window, 3, self.path)
-        data = np.zeros((1, *window.shape), np.float32)
-        valid = np.zeros(window.shape, bool)
-        try:
-            inside = clip(window, self.shape)
-        except WindowError:
-            return data, valid
-        rel = inside.relative_to(window).to_slices()
-        _, ys, xs = inside.to_slices()
-        for k, z in enumerate(range(inside.start[0], inside.stop[0])):
-            data[0, rel[0].start + k, rel[1], rel[2]] = self._cache.get(z)[ys, xs]
-        valid[rel] = True
-        return data, valid
+        return read_slices(window, self.shape, self._cache, self.path)
 
     def close(self) -> None:
         """Drop cached frames (highdicom reopens the file per read)."""

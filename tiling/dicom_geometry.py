@@ -18,7 +18,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from tiling.errors import SourceOpenError, WindowError
-from tiling.windows import Window
+from tiling.windows import Window, clip
 
 __all__ = [
     "DUPLICATE_TOLERANCE_MM",
@@ -29,6 +29,7 @@ __all__ = [
     "SlideGeometry",
     "VolumeGeometry",
     "check_window_ndim",
+    "read_slices",
     "require_decoder",
     "slice_normal",
     "stack_order",
@@ -273,3 +274,28 @@ class FrameCache:
     def clear(self) -> None:
         """Drop every cached frame."""
         self._frames.clear()
+
+
+def read_slices(window: Window, shape: tuple[int, ...], cache: FrameCache, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a (z, y, x) window of a volume whose z slices come from ``cache``.
+
+    Returns data (1, dz, dy, dx) float32, zero-padded where the window
+    overruns the volume, and valid (dz, dy, dx) bool. Only the slices the
+    window touches are decoded.
+
+    Raises:
+        WindowError: if the window does not have 3 axes.
+    """
+    check_window_ndim(window, 3, path)
+    data = np.zeros((1, *window.shape), np.float32)
+    valid = np.zeros(window.shape, bool)
+    try:
+        inside = clip(window, shape)
+    except WindowError:
+        return data, valid
+    rel = inside.relative_to(window).to_slices()
+    _, ys, xs = inside.to_slices()
+    for k, z in enumerate(range(inside.start[0], inside.stop[0])):
+        data[0, rel[0].start + k, rel[1], rel[2]] = cache.get(z)[ys, xs]
+    valid[rel] = True
+    return data, valid

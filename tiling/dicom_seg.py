@@ -26,6 +26,7 @@ from pydicom.sr.coding import Code
 from tiling.dicom_geometry import SlideGeometry, VolumeGeometry
 from tiling.errors import ConfigError, SinkError, SinkFinalizedError
 from tiling.stitch import LABEL_NODATA
+from tiling.sink import Sink
 from tiling.windows import Window
 
 __all__ = ["ALGORITHM_NAME", "DicomSegSink", "segment_numbers"]
@@ -69,7 +70,7 @@ def segment_numbers(classes: int, background_class: int | None = None) -> np.nda
     return lut
 
 
-class DicomSegSink:
+class DicomSegSink(Sink):
     """Write labels over a DICOM volume or slide as one DICOM Segmentation, via highdicom.
 
     The SEG is a LABELMAP segmentation (SOP class 1.2.840.10008.5.1.4.1.1.66.7,
@@ -147,12 +148,7 @@ class DicomSegSink:
             SinkFinalizedError: after :meth:`finalize` or :meth:`abort`.
             SinkError: if the window leaves the image or labels have the wrong shape.
         """
-        if self._closed:
-            raise SinkFinalizedError(f"{self.path}: written to after it was finalised")
-        if not _inside(window, self.shape):
-            raise SinkError(f"{self.path}: window {window} is not inside the image of shape {self.shape}")
-        if labels.shape != window.shape:
-            raise SinkError(f"{self.path}: labels have shape {labels.shape}, window {window} needs {window.shape}")
+        self._check_block(window, labels)
         self._labels[window.to_slices()] = self._lut[np.asarray(labels, np.uint8)]
 
     def _descriptions(self) -> list[hd.seg.SegmentDescription]:
@@ -241,8 +237,3 @@ def _check_writable(path: Path) -> None:
         raise SinkError(f"{path}: cannot write output, folder {parent} is not writable")
     if path.is_dir():
         raise SinkError(f"{path}: cannot write output, a folder of that name exists")
-
-
-def _inside(window: Window, shape: tuple[int, ...]) -> bool:
-    """Whether ``window`` has ``shape``'s rank and lies wholly inside it."""
-    return window.ndim == len(shape) and all(a >= 0 and e <= n for a, e, n in zip(window.start, window.stop, shape))

@@ -29,6 +29,7 @@ from tiling.cog import default_colormap
 from tiling.errors import ConfigError, SinkError, SinkFinalizedError, SourceOpenError, SourceReadError, WindowError
 from tiling.source import SourceSpec
 from tiling.stitch import LABEL_NODATA
+from tiling.sink import Sink
 from tiling.windows import Window, clip, plan_windows
 
 __all__ = ["OME_VERSION", "OmeZarrSink", "ZarrSource", "read_multiscales"]
@@ -259,7 +260,7 @@ def _hex_colors(classes: int) -> list[str]:
     return [f"{cmap[k][0]:02X}{cmap[k][1]:02X}{cmap[k][2]:02X}" for k in range(classes)]
 
 
-class OmeZarrSink:
+class OmeZarrSink(Sink):
     """Write a uint8 label image (255 = nodata) as OME-Zarr (NGFF 0.4, zarr v2).
 
     Level ``0`` has the given shape and chunks; :meth:`finalize` adds level
@@ -398,12 +399,7 @@ class OmeZarrSink:
             SinkFinalizedError: after :meth:`finalize` or :meth:`abort`.
             SinkError: if the window leaves the image or the arrays have the wrong shape.
         """
-        if self._closed:
-            raise SinkFinalizedError(f"{self.path}: written to after it was finalised")
-        if not _inside(window, self.shape):
-            raise SinkError(f"{self.path}: window {window} is not inside the image of shape {self.shape}")
-        if labels.shape != window.shape:
-            raise SinkError(f"{self.path}: labels have shape {labels.shape}, window {window} needs {window.shape}")
+        self._check_block(window, labels)
         self._labels[window.to_slices()] = labels.astype(np.uint8, copy=False)
         if self._probs is not None and probs is not None:
             scaled = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
@@ -482,8 +478,3 @@ def _publish(tmp: Path, final: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _inside(window: Window, shape: tuple[int, ...]) -> bool:
-    """Whether ``window`` has ``shape``'s rank and lies wholly inside it."""
-    return window.ndim == len(shape) and all(a >= 0 and e <= n for a, e, n in zip(window.start, window.stop, shape))

@@ -6,7 +6,6 @@ the whole volume, so the tests check values and geometry, not just files.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
