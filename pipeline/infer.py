@@ -228,9 +228,22 @@ def _run(cfg: PipelineConfig, plan: _Plan, model: torch.nn.Module | None, sink, 
     return stitcher, first or time.perf_counter()
 
 
-def mask_path_for(src: str | Path, out_dir: str | Path) -> Path:
-    """Where a batch run writes the mask of ``src``: ``<out_dir>/<stem>_mask.tif``."""
-    return Path(out_dir) / f"{Path(src).stem}_mask.tif"
+#: The extension a batch run gives each output format.
+_EXTENSIONS = {OutputFormat.COG: ".tif", OutputFormat.OME_ZARR: ".zarr", OutputFormat.DICOM_SEG: ".dcm"}
+#: The format a batch run picks for each source kind when none is asked for.
+_NATURAL = {"geotiff": OutputFormat.COG, "zarr": OutputFormat.OME_ZARR, "dicom": OutputFormat.DICOM_SEG}
+
+
+def mask_path_for(src: str | Path, out_dir: str | Path, fmt: OutputFormat | str | None = None) -> Path:
+    """Where a batch run writes the mask of ``src``: ``<out_dir>/<stem>_mask<ext>``.
+
+    The extension follows ``fmt``, else the source's own kind: ``.tif`` for
+    GeoTIFF, ``.zarr`` for Zarr, ``.dcm`` (DICOM SEG) for DICOM.
+    """
+    src = Path(src)
+    fmt = OutputFormat(str(fmt)) if fmt else _NATURAL[guess_kind(src)]
+    stem = src.name.removesuffix(".zarr").removesuffix(".ome") if src.suffix == ".zarr" else src.stem
+    return Path(out_dir) / f"{stem}_mask{_EXTENSIONS[fmt]}"
 
 
 def infer_many(
@@ -248,7 +261,8 @@ def infer_many(
     outcome: dict[Path, InferenceResult | Exception] = {}
     for src in sources:
         try:
-            outcome[Path(src)] = infer_scene(src, mask_path_for(src, out_dir), config, progress=progress)
+            out = mask_path_for(src, out_dir, config.output_format if config else None)
+            outcome[Path(src)] = infer_scene(src, out, config, progress=progress)
         except USER_ERRORS as e:
             log.error("%s", e)
             outcome[Path(src)] = e

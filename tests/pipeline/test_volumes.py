@@ -245,3 +245,12 @@ def test_enhanced_multiframe_ct_to_dicom_seg(ray_session, tmp_path) -> None:
     source_z = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in src.PerFrameFunctionalGroupsSequence)
     seg_z = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in seg.PerFrameFunctionalGroupsSequence)
     assert seg_z == pytest.approx(source_z)
+
+
+def test_batch_names_each_mask_after_its_source_and_format(tmp_path, rgb_byte) -> None:
+    from pipeline.infer import mask_path_for
+
+    assert mask_path_for(rgb_byte, tmp_path) == tmp_path / "RGB.byte_mask.tif"
+    assert mask_path_for(CT5N, tmp_path) == tmp_path / "pydicom_98892001_CT5N_mask.dcm"
+    assert mask_path_for(LANDSAT, tmp_path) == tmp_path / "rgb_byte_landsat_mask.zarr"
+    assert mask_path_for(CT5N, tmp_path, "ome-zarr") == tmp_path / "pydicom_98892001_CT5N_mask.zarr"
