@@ -40,7 +40,9 @@ def bare(scene: Path, cfg: PipelineConfig, threads: int) -> tuple[int, float]:
     valid = np.stack([v for _, v in reads])
     torch.set_num_threads(threads)
     model = build_model(cfg.model.backbone, cfg.model.classes, images.shape[1])
-    predictor = Predictor(model, norm, cfg.model.precision, cfg.model.channels_last, "cpu" if not torch.cuda.is_available() else None)
+    predictor = Predictor(
+        model, norm, cfg.model.precision, cfg.model.channels_last, "cpu" if not torch.cuda.is_available() else None
+    )
     b = cfg.inference.batch
     predictor(images[:b], valid[:b])  # warm-up (oneDNN kernel selection)
     t0 = time.perf_counter()
@@ -67,12 +69,17 @@ def main() -> None:
         RayConfig(num_cpus=cpus),
     )
     n, secs = bare(scene, cfg, threads=cpus)
-    print(f"bare:     {n} tiles in {secs:6.1f} s = {n / secs:.3f} tiles/s ({args.backbone}, {args.precision}, batch {args.batch}, {args.tile} px)", flush=True)
+    print(
+        f"bare:     {n} tiles in {secs:6.1f} s = {n / secs:.3f} tiles/s ({args.backbone}, {args.precision}, batch {args.batch}, {args.tile} px)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(dir=args.workdir) as out:
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=512 * 2**20)
         result = infer_scene(scene, Path(out) / "mask.tif", cfg, progress=False)
         ray.shutdown()
-    print(f"pipeline: {result.tiles} tiles in {result.seconds:6.1f} s = {result.tiles_per_second:.3f} tiles/s (read, infer, stitch, COG write; actor start-up included)")
+    print(
+        f"pipeline: {result.tiles} tiles in {result.seconds:6.1f} s = {result.tiles_per_second:.3f} tiles/s (read, infer, stitch, COG write; actor start-up included)"
+    )
     print(f"pipeline after start-up ({result.first_result_seconds:.1f} s to the first batch): "
           f"{result.steady_tiles_per_second:.3f} tiles/s = {result.steady_tiles_per_second / (n / secs):.2f} of bare")  # fmt: skip
     print(f"pipeline/bare throughput: {result.tiles_per_second / (n / secs):.2f}")

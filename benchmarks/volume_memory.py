@@ -64,7 +64,9 @@ def main() -> None:
         result = infer_scene(volume, Path(out) / "mask.zarr", cfg, model=torch.nn.Conv2d(1, 2, 1), progress=False)
     print(f"volume {shape} uint16 = {gb:.2f} GB: {result.tiles} tiles in {result.seconds:.0f} s "
           f"({result.tiles_per_second:.1f} tiles/s), stitcher peak {result.stitch_peak_bytes / 2**20:.0f} MiB")  # fmt: skip
-    print(f"peak PSS, all processes: {mem.peak_total / 1e9:.2f} GB; largest single process: {mem.peak_process / 1e9:.2f} GB")
+    print(
+        f"peak PSS, all processes: {mem.peak_total / 1e9:.2f} GB; largest single process: {mem.peak_process / 1e9:.2f} GB"
+    )
     print(f"peak RSS (driver): {mem.peak_driver / 1e9:.2f} GB")
 
 

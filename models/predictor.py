@@ -93,7 +93,9 @@ class Predictor:
     def check_bands(self, bands: int, what: str = "the image") -> None:
         """Raise :class:`BandCountError` unless the model takes ``bands`` input bands."""
         if self.in_channels is not None and self.in_channels != bands:
-            raise BandCountError(f"{what} has {bands} band(s) but the model takes {self.in_channels}; choose bands with --bands")
+            raise BandCountError(
+                f"{what} has {bands} band(s) but the model takes {self.in_channels}; choose bands with --bands"
+            )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision is Precision.FP32:
@@ -124,4 +126,3 @@ class Predictor:
         if isinstance(out, dict):
             out = out["out"]
         return torch.softmax(out.float(), dim=1).cpu().numpy()
-

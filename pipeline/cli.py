@@ -46,28 +46,73 @@ def inference_options(f):
     """Options shared by ``infer`` and ``demo``, declared once."""
     opts = [
         click.option("--tile", type=int, default=512, show_default=True, help="Tile size in pixels."),
-        click.option("--overlap", type=float, default=0.25, show_default=True, help="Tile overlap, a fraction in [0, 1)."),
-        click.option("--blend", type=_choice(BlendMode), default="gaussian", show_default=True, help="How overlapping tiles are combined."),
-        click.option("--edge", type=_choice(EdgeMode), default="shift", show_default=True, help="Last tile per axis: shift inward or pad."),
+        click.option(
+            "--overlap", type=float, default=0.25, show_default=True, help="Tile overlap, a fraction in [0, 1)."
+        ),
+        click.option(
+            "--blend",
+            type=_choice(BlendMode),
+            default="gaussian",
+            show_default=True,
+            help="How overlapping tiles are combined.",
+        ),
+        click.option(
+            "--edge",
+            type=_choice(EdgeMode),
+            default="shift",
+            show_default=True,
+            help="Last tile per axis: shift inward or pad.",
+        ),
         click.option("--batch", type=int, default=8, show_default=True, help="Tiles per forward pass."),
         click.option("--classes", type=int, default=2, show_default=True, help="Number of output classes K."),
         click.option("--class-names", default=None, help="Comma-separated class names (K of them)."),
         click.option("--backbone", type=_choice(Backbone), default="resnet101", show_default=True),
-        click.option("--weights", type=click.Path(dir_okay=False), default=None, help="Local torchvision/tilewise checkpoint; random init if omitted."),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Local torchvision/tilewise checkpoint; random init if omitted.",
+        ),
         click.option("--precision", type=_choice(Precision), default="bf16", show_default=True),
-        click.option("--bands", callback=_csv_ints, default=None, help="1-based bands to use, e.g. 1,2,3 (default: all)."),
-        click.option("--save-probs", is_flag=True, help="Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr."),
-        click.option("--format", "output_format", type=_choice(OutputFormat), default=None, help="Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+        click.option(
+            "--bands", callback=_csv_ints, default=None, help="1-based bands to use, e.g. 1,2,3 (default: all)."
+        ),
+        click.option(
+            "--save-probs",
+            is_flag=True,
+            help="Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr.",
+        ),
+        click.option(
+            "--format",
+            "output_format",
+            type=_choice(OutputFormat),
+            default=None,
+            help="Mask format (default: from --out's extension: .tif, .zarr, .dcm).",
+        ),
         click.option("--series", default=None, help="DICOM SeriesInstanceUID, when the folder holds several series."),
         click.option("--level", type=int, default=None, help="OME-Zarr multiscale level to segment (default 0)."),
-        click.option("--window", default=None, help="CT intensity window 'low,high' in HU, or soft-tissue|lung|bone|brain."),
-        click.option("--axis", type=int, default=0, show_default=True, help="Volumes: segment slice by slice across this axis."),
-        click.option("--context", type=click.Choice(["1", "3"]), default="1", show_default=True, help="Volumes: 3 = 2.5-D (the slice and its neighbours as channels)."),
+        click.option(
+            "--window", default=None, help="CT intensity window 'low,high' in HU, or soft-tissue|lung|bone|brain."
+        ),
+        click.option(
+            "--axis", type=int, default=0, show_default=True, help="Volumes: segment slice by slice across this axis."
+        ),
+        click.option(
+            "--context",
+            type=click.Choice(["1", "3"]),
+            default="1",
+            show_default=True,
+            help="Volumes: 3 = 2.5-D (the slice and its neighbours as channels).",
+        ),
         click.option("--actors", type=int, default=None, help="Model replicas (default: one per GPU, else one)."),
         click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
-        click.option("--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)."),
+        click.option(
+            "--address", default=None, envvar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)."
+        ),
         click.option("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)."),
-        click.option("--allow-no-crs", is_flag=True, help="Accept a source without CRS (the mask keeps only the pixel grid)."),
+        click.option(
+            "--allow-no-crs", is_flag=True, help="Accept a source without CRS (the mask keeps only the pixel grid)."
+        ),
         click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
     ]
     for opt in reversed(opts):
@@ -100,7 +145,9 @@ def _report(result) -> None:
     click.echo(f"mask: {result.mask}")
     if result.probs:
         click.echo(f"probabilities: {result.probs}")
-    click.echo(f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, {result.tiles_per_second:.2f} tiles/s")
+    click.echo(
+        f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, {result.tiles_per_second:.2f} tiles/s"
+    )
 
 
 def _run_infer(sources: tuple[Path, ...], out: Path, o: dict) -> None:
@@ -127,7 +174,9 @@ def _run_infer(sources: tuple[Path, ...], out: Path, o: dict) -> None:
         else:
             _report(r)
     if failed:
-        raise click.ClickException(f"{len(outcome) - len(failed)} of {len(outcome)} scenes written; {len(failed)} failed")
+        raise click.ClickException(
+            f"{len(outcome) - len(failed)} of {len(outcome)} scenes written; {len(failed)} failed"
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,7 +190,13 @@ def cli(verbose: int, quiet: int) -> None:
 
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path), nargs=-1, required=True)
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output mask (COG); a folder when several SRC are given.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output mask (COG); a folder when several SRC are given.",
+)
 @inference_options
 def infer(src: tuple[Path, ...], out: Path, **o) -> None:
     """Segment SRC into a mask at OUT.
@@ -158,7 +213,13 @@ def infer(src: tuple[Path, ...], out: Path, **o) -> None:
 
 
 @cli.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("tilewise-demo"), show_default=True, help="Where the sample scene and mask go.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path("tilewise-demo"),
+    show_default=True,
+    help="Where the sample scene and mask go.",
+)
 @click.option("--size", type=int, default=1024, show_default=True, help="Side of the generated scene in pixels.")
 @inference_options
 def demo(workdir: Path, size: int, **o) -> None:

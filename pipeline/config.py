@@ -53,7 +53,9 @@ class InputConfig:
     window: str | None = None  # CT intensity window: "low,high" in HU, or a preset name
 
     def validate(self) -> InputConfig:
-        if self.level is not None and (isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0):
+        if self.level is not None and (
+            isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0
+        ):
             raise ConfigError(f"level: must be a non-negative integer, got {self.level!r}")
         if self.window is not None:
             from tiling.dicom import window_bounds

@@ -82,7 +82,9 @@ def read_tiles(
             }
 
 
-def _read_blocks(spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int, layout: TileLayout) -> Iterator[Block]:
+def _read_blocks(
+    spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int, layout: TileLayout
+) -> Iterator[Block]:
     for batch in read_tiles(spec, indices, windows, rows, layout):
         yield BlockAccessor.batch_to_block(batch)
 
@@ -123,7 +125,9 @@ class TileDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int:
         return self.tile_bytes * len(self.windows)
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         tasks = []
         for start in range(0, len(self.windows), self.tiles_per_task):
             windows = self.windows[start : start + self.tiles_per_task]

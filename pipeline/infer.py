@@ -82,7 +82,9 @@ def _check_model(cfg: PipelineConfig, bands: int, model: torch.nn.Module | None)
         return
     conv = first_conv(model)
     if conv is not None and conv.in_channels != bands:
-        raise BandCountError(f"the image has {bands} band(s) but the model takes {conv.in_channels}; choose bands with --bands")
+        raise BandCountError(
+            f"the image has {bands} band(s) but the model takes {conv.in_channels}; choose bands with --bands"
+        )
 
 
 def _source_options(cfg: PipelineConfig, src: Path) -> dict:
@@ -158,8 +160,12 @@ def infer_scene(
     fmt = output_format(out, cfg.output_format)
     with open_source(src, **_source_options(cfg, src)) as source:
         volume = len(source.shape) == 3
-        grid = TileGrid(source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis)
-        layout = TileLayout(cfg.tiling.axis if volume else None, cfg.tiling.context if volume else 1, cfg.input.bounds())
+        grid = TileGrid(
+            source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis
+        )
+        layout = TileLayout(
+            cfg.tiling.axis if volume else None, cfg.tiling.context if volume else 1, cfg.input.bounds()
+        )
         channels = source.count * layout.context
         _check_model(cfg, channels, model)
         georef = getattr(source, "georef", None)
@@ -186,11 +192,20 @@ def infer_scene(
         mask, probs_path_for(mask) if cfg.save_probs and fmt is OutputFormat.COG else None, len(grid),
         stitcher.skipped, time.perf_counter() - t0, first - t0, stitcher.peak_open_bytes, stitcher.spills,
     )  # fmt: skip
-    log.info("%s: %d tiles (%d skipped as nodata) in %.1fs, %.1f tiles/s", mask, result.tiles, result.skipped, result.seconds, result.tiles_per_second)
+    log.info(
+        "%s: %d tiles (%d skipped as nodata) in %.1fs, %.1f tiles/s",
+        mask,
+        result.tiles,
+        result.skipped,
+        result.seconds,
+        result.tiles_per_second,
+    )
     return result
 
 
-def _run(cfg: PipelineConfig, plan: _Plan, model: torch.nn.Module | None, sink, progress: bool) -> tuple[Stitcher, float]:
+def _run(
+    cfg: PipelineConfig, plan: _Plan, model: torch.nn.Module | None, sink, progress: bool
+) -> tuple[Stitcher, float]:
     """Stream the plan through Ray Data into the stitcher; returns it and when the first tiles arrived."""
     ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
     options = ray.data.DataContext.get_current().execution_options

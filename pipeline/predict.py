@@ -43,9 +43,7 @@ class PredictUDF:
         # Scores cross the object store; below fp32 the model has no more
         # precision than float16 carries, so halve the bytes.
         self.dtype = np.float32 if str(model_config.precision) == "fp32" else np.float16
-        self.predictor = Predictor(
-            model, normalization, model_config.precision, model_config.channels_last, device
-        )
+        self.predictor = Predictor(model, normalization, model_config.precision, model_config.channels_last, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]

@@ -31,7 +31,12 @@ class OutputFormat(str, Enum):
         return self.value
 
 
-_SUFFIXES = {".tif": OutputFormat.COG, ".tiff": OutputFormat.COG, ".zarr": OutputFormat.OME_ZARR, ".dcm": OutputFormat.DICOM_SEG}
+_SUFFIXES = {
+    ".tif": OutputFormat.COG,
+    ".tiff": OutputFormat.COG,
+    ".zarr": OutputFormat.OME_ZARR,
+    ".dcm": OutputFormat.DICOM_SEG,
+}
 
 
 def output_format(out: Path, fmt: OutputFormat | str | None) -> OutputFormat:
@@ -79,7 +84,9 @@ def open_sink(out: Path, source: Source, fmt: OutputFormat, class_names: list[st
         return CogSink(out, source.shape, georef, class_names, save_probs, DEFAULT_BLOCK)
     if fmt is OutputFormat.DICOM_SEG:
         if geometry is None:
-            raise ConfigError(f"{out}: a DICOM SEG must reference DICOM images, and {source.path} is not DICOM; write .zarr instead")
+            raise ConfigError(
+                f"{out}: a DICOM SEG must reference DICOM images, and {source.path} is not DICOM; write .zarr instead"
+            )
         from tiling.dicom_seg import DicomSegSink
 
         return DicomSegSink(out, geometry, class_names)
@@ -87,7 +94,14 @@ def open_sink(out: Path, source: Source, fmt: OutputFormat, class_names: list[st
 
     if isinstance(source, ZarrSource):
         return OmeZarrSink.like(out, source, class_names, save_probs=save_probs)
-    return OmeZarrSink(out, source.shape, stitch_block(source, fmt), class_names=class_names, save_probs=save_probs, **_ome_transform(source))
+    return OmeZarrSink(
+        out,
+        source.shape,
+        stitch_block(source, fmt),
+        class_names=class_names,
+        save_probs=save_probs,
+        **_ome_transform(source),
+    )
 
 
 def _ome_transform(source: Source) -> dict:

@@ -212,4 +212,3 @@ class CogSink(Sink):
         self._closed = True
         for part in getattr(self, "_parts", []):
             part.remove()
-

@@ -50,9 +50,7 @@ def _imread(path: Path) -> hd.Image:
     except (InvalidDicomError, EOFError) as e:
         raise SourceOpenError(f"{path}: not a DICOM file ({e}); pass a .dcm file") from e
     if not any(k in header for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DicomSeriesError(
-            f"{path}: has no pixel data (SOP class {header.get('SOPClassUID')}); pass an image file"
-        )
+        raise DicomSeriesError(f"{path}: has no pixel data (SOP class {header.get('SOPClassUID')}); pass an image file")
     require_decoder(path, header.file_meta.TransferSyntaxUID)
     try:
         return hd.imread(path, lazy_frame_retrieval=True)
@@ -343,4 +341,3 @@ class DicomSlideSource:
 
     def __repr__(self) -> str:
         return f"DicomSlideSource({str(self.path)!r}, shape={self.shape}, count={self.count})"
-

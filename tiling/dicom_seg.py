@@ -162,8 +162,10 @@ class DicomSegSink(Sink):
             category, kind = self.segment_codes.get(name, (_DEFAULT_CATEGORY, _DEFAULT_TYPE))
             out.append(
                 hd.seg.SegmentDescription(
-                    segment_number=int(self._lut[k]), segment_label=name[:64],
-                    segmented_property_category=category, segmented_property_type=kind,
+                    segment_number=int(self._lut[k]),
+                    segment_label=name[:64],
+                    segmented_property_category=category,
+                    segmented_property_type=kind,
                     algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                     algorithm_identification=algorithm,
                 )  # fmt: skip

@@ -82,9 +82,7 @@ class TileGrid:
     @cached_property
     def starts(self) -> tuple[list[int], ...]:
         """Window start offsets along each axis."""
-        return tuple(
-            axis_starts(n, t, s, self._edge) for n, t, s in zip(self.shape, self.tile_shape, self.stride)
-        )
+        return tuple(axis_starts(n, t, s, self._edge) for n, t, s in zip(self.shape, self.tile_shape, self.stride))
 
     @cached_property
     def windows(self) -> list[Window]:

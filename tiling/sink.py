@@ -50,7 +50,9 @@ class Sink(ABC):
         """
         if self._closed:
             raise SinkFinalizedError(f"{self.path}: written to after it was finalised")
-        if window.ndim != len(self.shape) or any(s < 0 or e > n for s, e, n in zip(window.start, window.stop, self.shape)):
+        if window.ndim != len(self.shape) or any(
+            s < 0 or e > n for s, e, n in zip(window.start, window.stop, self.shape)
+        ):
             raise SinkError(f"{self.path}: window {window} is not inside the image of shape {self.shape}")
         if labels.shape != window.shape:
             raise SinkError(f"{self.path}: labels have shape {labels.shape}, window {window} needs {window.shape}")

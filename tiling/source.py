@@ -71,7 +71,9 @@ class SourceSpec:
         return open_source(self.path, bands=self.bands, kind=self.kind, **self.options)
 
 
-def open_source(path: str | Path, bands: tuple[int, ...] | None = None, kind: str | None = None, **options: Any) -> Source:
+def open_source(
+    path: str | Path, bands: tuple[int, ...] | None = None, kind: str | None = None, **options: Any
+) -> Source:
     """Open ``path`` with the reader for its format.
 
     A ``.zarr`` store (or a folder holding Zarr metadata) opens as Zarr, a

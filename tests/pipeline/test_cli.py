@@ -37,7 +37,19 @@ def test_help(command) -> None:
     result = run(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output
     if command == ["infer"]:
-        for flag in ("--tile", "--overlap", "--blend", "--batch", "--classes", "--backbone", "--weights", "--precision", "--bands", "--save-probs", "--address"):
+        for flag in (
+            "--tile",
+            "--overlap",
+            "--blend",
+            "--batch",
+            "--classes",
+            "--backbone",
+            "--weights",
+            "--precision",
+            "--bands",
+            "--save-probs",
+            "--address",
+        ):
             assert flag in result.output
 
 

@@ -79,8 +79,13 @@ def test_ct_series_to_dicom_seg_references_the_source_slices(ray_session, tmp_pa
     assert len(seg.PerFrameFunctionalGroupsSequence) == len(sources)
     shared = seg.SharedFunctionalGroupsSequence[0]
     ref = next(iter(sources.values()))
-    np.testing.assert_allclose([float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing], [float(v) for v in ref.PixelSpacing])
-    np.testing.assert_allclose([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient], [float(v) for v in ref.ImageOrientationPatient])
+    np.testing.assert_allclose(
+        [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing], [float(v) for v in ref.PixelSpacing]
+    )
+    np.testing.assert_allclose(
+        [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient],
+        [float(v) for v in ref.ImageOrientationPatient],
+    )
 
 
 def test_ome_zarr_in_gives_ome_zarr_out_with_the_same_grid(ray_session, tmp_path) -> None:
@@ -203,7 +208,9 @@ def test_missing_decoder_names_the_package(tmp_path) -> None:
 
 def test_ome_zarr_level_that_does_not_exist(tmp_path) -> None:
     out = tmp_path / "m.zarr"
-    assert_clean_failure(run_cli("infer", LANDSAT, "--out", out, "--level", 5), out, "rgb_byte_landsat.ome.zarr", "level")
+    assert_clean_failure(
+        run_cli("infer", LANDSAT, "--out", out, "--level", 5), out, "rgb_byte_landsat.ome.zarr", "level"
+    )
 
 
 def test_dicom_seg_needs_a_dicom_source(tmp_path, rgb_byte) -> None:
@@ -224,12 +231,17 @@ def test_whole_slide_image_to_dicom_seg_and_ome_zarr(ray_session, tmp_path) -> N
 
     with DicomSlideSource(slide) as src:
         image, valid = src.read(Window((0, 0), src.shape))
-    expected = Predictor(model, norm, precision="fp32", channels_last=False)(image[None].astype(np.float32), valid[None])[0].argmax(0)
+    expected = Predictor(model, norm, precision="fp32", channels_last=False)(
+        image[None].astype(np.float32), valid[None]
+    )[0].argmax(0)
     seg_path, zarr_path = tmp_path / "slide_seg.dcm", tmp_path / "slide.zarr"
     for out in (seg_path, zarr_path):
         infer_scene(slide, out, cfg(32), model=model, normalization=norm, progress=False)
     seg = hd.seg.segread(seg_path)
-    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(slide).SOPInstanceUID
+    assert (
+        seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        == pydicom.dcmread(slide).SOPInstanceUID
+    )
     np.testing.assert_array_equal(seg.get_total_pixel_matrix(combine_segments=True), expected + 1)
     np.testing.assert_array_equal(zarr.open_group(zarr_path, mode="r")["0"][...], expected)
 
@@ -242,8 +254,12 @@ def test_enhanced_multiframe_ct_to_dicom_seg(ray_session, tmp_path) -> None:
     src = pydicom.dcmread(ect, stop_before_pixels=True)
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert seg.pixel_array.shape[-2:] == (512, 512) and seg.number_of_frames == 2
-    source_z = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in src.PerFrameFunctionalGroupsSequence)
-    seg_z = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in seg.PerFrameFunctionalGroupsSequence)
+    source_z = sorted(
+        float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in src.PerFrameFunctionalGroupsSequence
+    )
+    seg_z = sorted(
+        float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in seg.PerFrameFunctionalGroupsSequence
+    )
     assert seg_z == pytest.approx(source_z)
 
 

@@ -38,7 +38,6 @@ SLIDE = DATA / "highdicom" / "sm_image.dcm"
 MR = DATA / "pydicom"
 
 
-
 def _oracle_series(folder: Path) -> tuple[np.ndarray, list[pydicom.Dataset]]:
     """The whole series in HU, slices sorted by z (the samples are axial, normal +z)."""
     dss = sorted((pydicom.dcmread(f) for f in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))

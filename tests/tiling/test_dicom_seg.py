@@ -24,7 +24,6 @@ SLIDE = DATA / "highdicom" / "sm_image.dcm"
 CLASSES = ["air", "soft tissue", "bone"]
 
 
-
 def _hu_labels(src: DicomSeriesSource | DicomMultiframeSource) -> np.ndarray:
     """Labels by HU threshold, different on every slice, with a nodata corner."""
     data, _ = src.read(Window((0, 0, 0), src.shape))

@@ -31,7 +31,9 @@ def test_stride_snaps_down_to_storage_blocks() -> None:
     assert TileGrid((718, 791), 128, 0.25, block=(3, 791)).stride == (96, 96)
 
 
-@given(st.integers(1, 400), st.integers(1, 400), st.integers(8, 128), st.floats(0, 0.8), st.sampled_from(["shift", "pad"]))
+@given(
+    st.integers(1, 400), st.integers(1, 400), st.integers(8, 128), st.floats(0, 0.8), st.sampled_from(["shift", "pad"])
+)
 def test_cores_partition_the_scene(rows: int, cols: int, tile: int, overlap: float, edge: str) -> None:
     grid = TileGrid((rows, cols), tile, overlap, edge)
     owner = np.zeros((rows, cols), int)

@@ -24,7 +24,6 @@ ECT = DATA / "ect_supplemental_v05.ome.zarr"
 ASTRONAUT = DATA / "zarr_implementations_astronaut.zr"
 
 
-
 def _padded(arr: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Reference read over the last ``window.ndim`` axes of ``arr``, zero-padded outside."""
     lead = arr.shape[: arr.ndim - window.ndim]
