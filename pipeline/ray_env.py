@@ -33,7 +33,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_s
     # Results arrive in plan order, so the stitcher's frontier of open blocks
     # stays one tile row wide instead of growing with reordering.
     ctx.execution_options.preserve_order = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data logs a failed task's traceback before raising it; tilewise turns
+    # the raised error into one line, so the log stays quiet unless -vv asked
+    # for debugging (Ray's session logs keep the full traceback either way).
+    debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger("ray.data").setLevel(logging.WARNING if debugging else logging.CRITICAL)
     # Ray Data warns that its own bars are off; tilewise turned them off on purpose.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 

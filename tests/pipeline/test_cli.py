@@ -162,3 +162,20 @@ def test_demo_writes_a_georeferenced_mask(ray_session, tmp_path) -> None:
     with rasterio.open(work / "scene.tif") as s, rasterio.open(work / "mask.tif") as m:
         assert (m.crs, m.transform, m.shape) == (s.crs, s.transform, s.shape)
         assert ((m.read(1) == 255) == (s.dataset_mask() == 0)).all()
+
+
+def test_corrupt_block_fails_inside_ray_and_leaves_nothing(ray_session, tmp_path) -> None:
+    data = np.random.default_rng(0).integers(1, 255, (3, 2048, 2048), dtype=np.uint8)
+    src = write_scene(tmp_path / "corrupt.tif", data, block=64, compress="deflate")
+    # rows 384-447 lie outside the windows the driver samples for band statistics,
+    # so only a Ray read task meets the damaged block
+    with rasterio.open(src) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_6_6", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_6_6", "TIFF", bidx=1))
+    raw = bytearray(src.read_bytes())
+    raw[offset : offset + size] = b"\xff" * size
+    src.write_bytes(bytes(raw))
+    out = tmp_path / "m.tif"
+    result = run("infer", src, "--out", out, "--tile", 256, "--backbone", "resnet50", "--no-progress")
+    assert_clean_failure(result, out, "corrupt.tif", "cannot read")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.tif"]

@@ -270,3 +270,14 @@ def test_batch_names_each_mask_after_its_source_and_format(tmp_path, rgb_byte) -
     assert mask_path_for(CT5N, tmp_path) == tmp_path / "pydicom_98892001_CT5N_mask.dcm"
     assert mask_path_for(LANDSAT, tmp_path) == tmp_path / "rgb_byte_landsat_mask.zarr"
     assert mask_path_for(CT5N, tmp_path, "ome-zarr") == tmp_path / "pydicom_98892001_CT5N_mask.zarr"
+
+
+def test_slice_that_fails_to_decode_inside_a_ray_task(ray_session, tmp_path, ct5n_copy) -> None:
+    """The error travels back from the Ray read task as one line; the half-done SEG is removed."""
+    ds = pydicom.dcmread(ct5n_copy / "2062")
+    ds.PixelData = ds.PixelData[:100]  # headers intact: opens fine, fails when decoded
+    ds.save_as(ct5n_copy / "2062")
+    out = tmp_path / "seg.dcm"
+    result = run_cli("infer", ct5n_copy, "--out", out, "--window", "soft-tissue", "--tile", 16, "--backbone", "resnet50")
+    assert_clean_failure(result, out, "2062")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct5n"]
