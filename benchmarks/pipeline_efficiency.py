@@ -80,8 +80,6 @@ def main() -> None:
     print(
         f"pipeline: {result.tiles} tiles in {result.seconds:6.1f} s = {result.tiles_per_second:.3f} tiles/s (read, infer, stitch, COG write; actor start-up included)"
     )
-    print(f"pipeline after start-up ({result.first_result_seconds:.1f} s to the first batch): "
-          f"{result.steady_tiles_per_second:.3f} tiles/s = {result.steady_tiles_per_second / (n / secs):.2f} of bare")  # fmt: skip
     print(f"pipeline/bare throughput: {result.tiles_per_second / (n / secs):.2f}")
 
 

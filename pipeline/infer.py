@@ -42,19 +42,13 @@ class InferenceResult:
     tiles: int
     skipped: int
     seconds: float
-    first_result_seconds: float = 0.0  # start-up: from the call to the first predicted tiles
+    first_result_seconds: float = 0.0  # from the call until the first predicted tiles reached the stitcher
     stitch_peak_bytes: int = 0  # largest accumulator memory the stitcher held
     stitch_spills: int = 0  # accumulator blocks spilled to disk (0 unless the frontier outgrew its cap)
 
     @property
     def tiles_per_second(self) -> float:
         return self.tiles / self.seconds if self.seconds > 0 else math.inf
-
-    @property
-    def steady_tiles_per_second(self) -> float:
-        """Throughput after start-up (Ray, actors, model build, first batch)."""
-        busy = self.seconds - self.first_result_seconds
-        return self.tiles / busy if busy > 0 else math.inf
 
 
 def _resources(cfg: PipelineConfig, device: str) -> tuple[int, dict, int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
@@ -35,8 +33,8 @@ class PredictUDF:
         device: str | None,
         threads: int,
     ) -> None:
+        self.threads = threads
         torch.set_num_threads(threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         if model is None:
             model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
         self.classes = model_config.classes
@@ -46,6 +44,10 @@ class PredictUDF:
         self.predictor = Predictor(model, normalization, model_config.precision, model_config.channels_last, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Ray Data may call this from another thread than __init__, and
+        # OpenMP's thread count is per calling thread (Ray exports
+        # OMP_NUM_THREADS=1): set it where the forward pass runs.
+        torch.set_num_threads(self.threads)
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
         scores = np.zeros((len(images), self.classes, *images.shape[2:]), self.dtype)
         run = ~skip
