@@ -26,7 +26,7 @@ from rasterio.errors import RasterioError
 
 from tiling.errors import SinkError, SinkFinalizedError
 import tiling.geotiff  # noqa: F401  (caps GDAL's block cache before any I/O)
-from tiling.sink import Sink
+from tiling.sink import Sink, check_writable
 from tiling.source import GeoRef
 from tiling.stitch import LABEL_NODATA
 from tiling.windows import Window
@@ -59,17 +59,6 @@ def probs_path_for(path: Path) -> Path:
     """Where ``--save-probs`` writes the probabilities next to mask ``path``."""
     return path.with_name(f"{path.stem}.probs{path.suffix or '.tif'}")
 
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent
-    if not parent.exists():
-        raise SinkError(f"{path}: cannot write output, folder {parent} does not exist")
-    if not parent.is_dir():
-        raise SinkError(f"{path}: cannot write output, {parent} is not a folder")
-    if path.is_dir():
-        raise SinkError(f"{path}: cannot write output, a folder of that name exists")
-    if not os.access(parent, os.W_OK):
-        raise SinkError(f"{path}: cannot write output, folder {parent} is not writable")
 
 
 class _TiffPart:
@@ -140,7 +129,7 @@ class CogSink(Sink):
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(shape)
-        _check_writable(self.path)
+        check_writable(self.path)
         self.block = block
         self.class_names = list(class_names)
         base = dict(

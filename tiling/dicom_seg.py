@@ -26,7 +26,7 @@ from pydicom.sr.coding import Code
 from tiling.dicom_geometry import SlideGeometry, VolumeGeometry
 from tiling.errors import ConfigError, SinkError, SinkFinalizedError
 from tiling.stitch import LABEL_NODATA
-from tiling.sink import Sink
+from tiling.sink import Sink, check_writable
 from tiling.windows import Window
 
 __all__ = ["ALGORITHM_NAME", "DicomSegSink", "segment_numbers"]
@@ -131,7 +131,7 @@ class DicomSegSink(Sink):
         self.series_description = series_description
         self.series_number = series_number
         self._lut = segment_numbers(len(self.class_names), background_class)
-        _check_writable(self.path)
+        check_writable(self.path)
         tag = uuid.uuid4().hex[:8]
         self._mm_path = self.path.with_name(f".{self.path.name}.{tag}.labels.u8")
         self._tmp = self.path.with_name(f".{self.path.name}.{tag}.part.dcm")
@@ -229,13 +229,3 @@ class DicomSegSink(Sink):
             del labels
         for p in (self._mm_path, self._tmp):
             p.unlink(missing_ok=True)
-
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent
-    if not parent.is_dir():
-        raise SinkError(f"{path}: cannot write output, folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SinkError(f"{path}: cannot write output, folder {parent} is not writable")
-    if path.is_dir():
-        raise SinkError(f"{path}: cannot write output, a folder of that name exists")

@@ -8,6 +8,7 @@ either raises :class:`SinkFinalizedError`.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -16,7 +17,31 @@ import numpy as np
 from tiling.errors import SinkError, SinkFinalizedError
 from tiling.windows import Window
 
-__all__ = ["Sink"]
+__all__ = ["Sink", "check_writable"]
+
+
+def check_writable(path: Path, folder: bool = False) -> None:
+    """Fail before any work if ``path`` cannot become the output.
+
+    Args:
+        path: the final output path.
+        folder: the output is a folder (a Zarr store) rather than a file.
+
+    Raises:
+        SinkError: if the parent folder is missing, not a folder or not
+            writable, or something of the other kind sits at ``path``.
+    """
+    parent = path.parent
+    if not parent.exists():
+        raise SinkError(f"{path}: cannot write output, folder {parent} does not exist")
+    if not parent.is_dir():
+        raise SinkError(f"{path}: cannot write output, {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise SinkError(f"{path}: cannot write output, folder {parent} is not writable")
+    if folder and path.exists() and not path.is_dir():
+        raise SinkError(f"{path}: cannot write output, a file of that name exists")
+    if not folder and path.is_dir():
+        raise SinkError(f"{path}: cannot write output, a folder of that name exists")
 
 
 class Sink(ABC):

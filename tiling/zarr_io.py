@@ -29,7 +29,7 @@ from tiling.cog import default_colormap
 from tiling.errors import ConfigError, SinkError, SinkFinalizedError, SourceOpenError, SourceReadError, WindowError
 from tiling.source import SourceSpec
 from tiling.stitch import LABEL_NODATA
-from tiling.sink import Sink
+from tiling.sink import Sink, check_writable
 from tiling.windows import Window, clip, plan_windows
 
 __all__ = ["OME_VERSION", "OmeZarrSink", "ZarrSource", "read_multiscales"]
@@ -321,7 +321,7 @@ class OmeZarrSink(Sink):
                 f"{self.path}: shape {self.shape}, chunks {tuple(chunks)}, axes {self.axes}, scale {self.scale}, "
                 f"translation {self.translation} and units {self.units} must all have 2 or 3 entries"
             )
-        _check_writable(self.path)
+        check_writable(self.path, folder=True)
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.part")
         self._closed = False
         try:
@@ -453,15 +453,6 @@ class OmeZarrSink(Sink):
             axes=source.axes, units=source.units, class_names=class_names, **kwargs,
         )  # fmt: skip
 
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent
-    if not parent.is_dir():
-        raise SinkError(f"{path}: cannot write output, folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SinkError(f"{path}: cannot write output, folder {parent} is not writable")
-    if path.exists() and not path.is_dir():
-        raise SinkError(f"{path}: cannot write output, a file of that name exists")
 
 
 def _publish(tmp: Path, final: Path) -> None:
