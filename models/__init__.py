@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from models.deeplab import Backbone, adapt_first_conv, build_model, first_conv, load_state_dict
 from models.errors import BandCountError, ModelError, WeightsError
-from models.predictor import Normalization, Precision, Predictor, resolve_device
+from models.predictor import Normalization, Precision, Predictor, check_bands, resolve_device
 
 __all__ = [
     "Backbone",
@@ -16,6 +16,7 @@ __all__ = [
     "WeightsError",
     "adapt_first_conv",
     "build_model",
+    "check_bands",
     "first_conv",
     "load_state_dict",
     "resolve_device",

@@ -21,7 +21,7 @@ from torch import nn
 from models.deeplab import first_conv
 from models.errors import BandCountError, ModelError
 
-__all__ = ["Normalization", "Precision", "Predictor", "resolve_device"]
+__all__ = ["Normalization", "Precision", "Predictor", "check_bands", "resolve_device"]
 
 
 class Precision(str, Enum):
@@ -47,6 +47,18 @@ class Normalization:
             raise ModelError(f"normalisation has {len(self.mean)} means but {len(self.std)} stds")
         if any(s <= 0 for s in self.std):
             raise ModelError(f"normalisation stds must be positive, got {self.std}")
+
+
+def check_bands(model: nn.Module, bands: int) -> None:
+    """Raise :class:`BandCountError` unless ``model``'s first convolution takes ``bands`` inputs.
+
+    Models without a convolution are not checked.
+    """
+    conv = first_conv(model)
+    if conv is not None and conv.in_channels != bands:
+        raise BandCountError(
+            f"the image has {bands} band(s) but the model takes {conv.in_channels}; choose bands with --bands"
+        )
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -84,18 +96,13 @@ class Predictor:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalization = normalization
-        conv = first_conv(model)
-        self.in_channels = conv.in_channels if conv is not None else None
         if normalization is not None:
             self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, -1, 1, 1)
             self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def check_bands(self, bands: int, what: str = "the image") -> None:
+    def check_bands(self, bands: int) -> None:
         """Raise :class:`BandCountError` unless the model takes ``bands`` input bands."""
-        if self.in_channels is not None and self.in_channels != bands:
-            raise BandCountError(
-                f"{what} has {bands} band(s) but the model takes {self.in_channels}; choose bands with --bands"
-            )
+        check_bands(self.model, bands)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision is Precision.FP32:

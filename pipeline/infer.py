@@ -13,8 +13,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from models import ModelError, Normalization, build_model, first_conv
-from models.errors import BandCountError
+from models import ModelError, Normalization, build_model, check_bands
 from pipeline.config import PipelineConfig
 from pipeline.datasource import TileDatasource, TileLayout
 from pipeline.predict import PredictUDF
@@ -74,11 +73,7 @@ def _check_model(cfg: PipelineConfig, bands: int, model: torch.nn.Module | None)
         if cfg.model.weights is not None:
             build_model(cfg.model.backbone, cfg.model.classes, bands, cfg.model.weights)
         return
-    conv = first_conv(model)
-    if conv is not None and conv.in_channels != bands:
-        raise BandCountError(
-            f"the image has {bands} band(s) but the model takes {conv.in_channels}; choose bands with --bands"
-        )
+    check_bands(model, bands)
 
 
 def _source_options(cfg: PipelineConfig, src: Path) -> dict:

@@ -60,7 +60,6 @@ def probs_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}.probs{path.suffix or '.tif'}")
 
 
-
 class _TiffPart:
     """One tiled GTiff under a temporary name that becomes a COG on commit."""
 

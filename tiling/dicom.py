@@ -39,7 +39,7 @@ from tiling.dicom_geometry import (
 )
 from tiling.errors import ConfigError, SourceOpenError, SourceReadError
 from tiling.options import lookup_option
-from tiling.source import SourceSpec
+from tiling.source import SourceBase, SourceSpec
 from tiling.windows import Window
 
 __all__ = [
@@ -187,7 +187,7 @@ def _check_slices(path: Path, slices: list[_SliceHeader]) -> None:
         require_decoder(h.file, h.transfer_syntax)
 
 
-class DicomSeriesSource:
+class DicomSeriesSource(SourceBase):
     """A folder of single-frame CT/MR files read as one (z, y, x) volume, slice by slice.
 
     Args:
@@ -292,12 +292,6 @@ class DicomSeriesSource:
     def close(self) -> None:
         """Drop cached slices (no file stays open between reads)."""
         self._cache.clear()
-
-    def __enter__(self) -> DicomSeriesSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"DicomSeriesSource({str(self.path)!r}, series_uid={self.series_uid!r}, shape={self.shape})"

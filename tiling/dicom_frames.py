@@ -28,7 +28,7 @@ from tiling.dicom_geometry import (
     stack_order,
 )
 from tiling.errors import SourceOpenError, SourceReadError, WindowError
-from tiling.source import SourceSpec
+from tiling.source import SourceBase, SourceSpec
 from tiling.windows import Window, clip, intersection
 
 __all__ = ["WSI_SOP_CLASS", "DicomMultiframeSource", "DicomSlideSource"]
@@ -98,7 +98,7 @@ def _frame_planes(ds: Dataset, path: Path, frames: int) -> tuple[np.ndarray, tup
     return np.array(positions), orientations[0], spacings[0]
 
 
-class DicomMultiframeSource:
+class DicomMultiframeSource(SourceBase):
     """An enhanced (multi-frame) CT/MR file read as a (z, y, x) volume, frame by frame.
 
     Frames are ordered along the slice normal from their per-frame
@@ -187,12 +187,6 @@ class DicomMultiframeSource:
         """Drop cached frames (highdicom reopens the file per read)."""
         self._cache.clear()
 
-    def __enter__(self) -> DicomMultiframeSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"DicomMultiframeSource({str(self.path)!r}, shape={self.shape})"
 
@@ -243,7 +237,7 @@ def _slide_geometry(ds: Dataset, path: Path) -> SlideGeometry:
     )
 
 
-class DicomSlideSource:
+class DicomSlideSource(SourceBase):
     """A tiled VL Whole Slide Microscopy image read as one 2-D (rows, cols) image, tile by tile.
 
     The first focal plane and optical path are read. Bands are the samples
@@ -332,12 +326,6 @@ class DicomSlideSource:
     def close(self) -> None:
         """Drop cached tiles."""
         self._cache.clear()
-
-    def __enter__(self) -> DicomSlideSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"DicomSlideSource({str(self.path)!r}, shape={self.shape}, count={self.count})"

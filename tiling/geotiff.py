@@ -20,7 +20,7 @@ from tiling.errors import (
     SourceReadError,
     WindowError,
 )
-from tiling.source import GeoRef, SourceSpec
+from tiling.source import GeoRef, SourceBase, SourceSpec
 from tiling.windows import Window, clip
 
 __all__ = ["GDAL_CACHEMAX_MB", "GeoTiffSource", "gdal_env"]
@@ -46,7 +46,7 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-class GeoTiffSource:
+class GeoTiffSource(SourceBase):
     """A GeoTIFF (or any GDAL raster) read window by window.
 
     Args:
@@ -168,12 +168,6 @@ class GeoTiffSource:
         ds = getattr(self, "_ds", None)
         if ds is not None and not ds.closed:
             ds.close()
-
-    def __enter__(self) -> GeoTiffSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"GeoTiffSource({str(self.path)!r}, bands={self.bands}, shape={self.shape})"

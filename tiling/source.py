@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings at run time
+    from typing_extensions import Self
 
 import numpy as np
 
 from tiling.windows import Window
 
-__all__ = ["GeoRef", "Source", "SourceSpec", "guess_kind", "open_source"]
+__all__ = ["GeoRef", "Source", "SourceBase", "SourceSpec", "guess_kind", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,19 @@ class Source(Protocol):
     def __enter__(self) -> Source: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+class SourceBase:
+    """Context-manager plumbing shared by the readers: ``with`` closes the source."""
+
+    def close(self) -> None:
+        """Release files and caches; a no-op unless a reader holds some."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)

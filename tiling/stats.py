@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -12,16 +13,11 @@ from tiling.windows import Window
 __all__ = ["BandStats", "sample_band_stats"]
 
 
-class BandStats(tuple):
-    """``(mean, std)``, each a tuple with one float per band."""
+class BandStats(NamedTuple):
+    """Per-band mean and standard deviation, one float per band."""
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self[0]
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self[1]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 def sample_band_stats(source: Source, grid: int = 4, size: int = 256) -> BandStats:
@@ -46,8 +42,8 @@ def sample_band_stats(source: Source, grid: int = 4, size: int = 256) -> BandSta
         total_sq += (px**2).sum(axis=1)
         n += px.shape[1]
     if n == 0:
-        return BandStats(((0.0,) * source.count, (1.0,) * source.count))
+        return BandStats((0.0,) * source.count, (1.0,) * source.count)
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     std[std < 1e-6] = 1.0
-    return BandStats((tuple(float(x) for x in mean), tuple(float(x) for x in std)))
+    return BandStats(tuple(float(x) for x in mean), tuple(float(x) for x in std))

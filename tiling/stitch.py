@@ -88,6 +88,7 @@ class Stitcher:
             self.pending[self._block_range(clip(window, self.shape))] += 1
         self._seen = np.zeros(len(grid), bool)
         self._open: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._open_bytes = 0  # bytes held by the accumulators in _open
         self._spilled: set[tuple[int, ...]] = set()
         self._spill_dir: Path | None = None
         self.blocks_written = 0
@@ -171,23 +172,27 @@ class Stitcher:
         if acc is not None:
             self._open.move_to_end(key)
             return acc
-        if key in self._spilled:
-            acc = np.load(self._spill_path(key))
-            self._spill_path(key).unlink()
-            self._spilled.discard(key)
-        else:
+        acc = self._unspill(key)
+        if acc is None:
             acc = np.zeros((self.classes + 1, *self._block_window(key).shape), np.float32)
         self._open[key] = acc
+        self._open_bytes += acc.nbytes
         self._evict()
         return acc
 
-    def _open_bytes(self) -> int:
-        return sum(a.nbytes for a in self._open.values())
+    def _unspill(self, key: tuple[int, ...]) -> np.ndarray | None:
+        """Load and delete block ``key``'s spilled accumulator, if it has one."""
+        if key not in self._spilled:
+            return None
+        path = self._spill_path(key)
+        acc = np.load(path)
+        path.unlink()
+        self._spilled.discard(key)
+        return acc
 
     def _evict(self) -> None:
-        used = self._open_bytes()
-        self.peak_open_bytes = max(self.peak_open_bytes, used)
-        while used > self.max_open_bytes and len(self._open) > 1:
+        self.peak_open_bytes = max(self.peak_open_bytes, self._open_bytes)
+        while self._open_bytes > self.max_open_bytes and len(self._open) > 1:
             key, acc = self._open.popitem(last=False)
             if self._spill_dir is None:
                 self._spill_dir = Path(tempfile.mkdtemp(prefix="tilewise-spill-"))
@@ -195,7 +200,7 @@ class Stitcher:
             np.save(self._spill_path(key), acc)
             self._spilled.add(key)
             self.spills += 1
-            used -= acc.nbytes
+            self._open_bytes -= acc.nbytes
 
     def _spill_path(self, key: tuple[int, ...]) -> Path:
         assert self._spill_dir is not None
@@ -204,10 +209,10 @@ class Stitcher:
     def _finish(self, key: tuple[int, ...]) -> None:
         window = self._block_window(key)
         acc = self._open.pop(key, None)
-        if acc is None and key in self._spilled:
-            acc = np.load(self._spill_path(key))
-            self._spill_path(key).unlink()
-            self._spilled.discard(key)
+        if acc is not None:
+            self._open_bytes -= acc.nbytes
+        else:
+            acc = self._unspill(key)
         labels, probs = finish_block(acc, self.classes, window.shape, self.keep_probs)
         self.writer.write(window, labels, probs)
         self.blocks_written += 1

@@ -27,7 +27,7 @@ from zarr.errors import BaseZarrError
 
 from tiling.cog import default_colormap
 from tiling.errors import ConfigError, SinkError, SinkFinalizedError, SourceOpenError, SourceReadError, WindowError
-from tiling.source import SourceSpec
+from tiling.source import SourceBase, SourceSpec
 from tiling.stitch import LABEL_NODATA
 from tiling.sink import Sink, check_writable
 from tiling.windows import Window, clip, plan_windows
@@ -83,7 +83,7 @@ def _axis_roles(axes: Sequence[Any]) -> tuple[list[str], list[str], list[str | N
     return names, roles, units
 
 
-class ZarrSource:
+class ZarrSource(SourceBase):
     """A Zarr array or OME-Zarr image read window by window, chunk-aligned.
 
     Args:
@@ -234,15 +234,6 @@ class ZarrSource:
         data[(slice(None), *rel)] = block
         valid[rel] = mask
         return data, valid
-
-    def close(self) -> None:
-        """Nothing to release: the local store opens files per chunk."""
-
-    def __enter__(self) -> ZarrSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ZarrSource({str(self.path)!r}, level={self.level}, axes={self.axes}, shape={self.shape})"
@@ -452,7 +443,6 @@ class OmeZarrSink(Sink):
             path, source.shape, source.block_shape, scale=source.scale, translation=source.translation,
             axes=source.axes, units=source.units, class_names=class_names, **kwargs,
         )  # fmt: skip
-
 
 
 def _publish(tmp: Path, final: Path) -> None:
