@@ -27,9 +27,9 @@ from tiling.dicom_geometry import (
     require_decoder,
     stack_order,
 )
-from tiling.errors import SourceOpenError, SourceReadError, WindowError
-from tiling.source import SourceBase, SourceSpec
-from tiling.windows import Window, clip, intersection
+from tiling.errors import SourceOpenError, SourceReadError
+from tiling.source import SourceBase, SourceSpec, empty_read
+from tiling.windows import Window, intersection
 
 __all__ = ["WSI_SOP_CLASS", "DicomMultiframeSource", "DicomSlideSource"]
 
@@ -303,11 +303,8 @@ class DicomSlideSource(SourceBase):
             SourceReadError: if a tile cannot be decoded.
         """
         check_window_ndim(window, 2, self.path)
-        data = np.zeros((self.count, *window.shape), self.dtype)
-        valid = np.zeros(window.shape, bool)
-        try:
-            inside = clip(window, self.shape)
-        except WindowError:
+        data, valid, inside = empty_read(window, self.shape, self.count, self.dtype)
+        if inside is None:
             return data, valid
         th, tw = self.block_shape
         for tr in range(inside.start[0] // th, (inside.stop[0] - 1) // th + 1):

@@ -18,7 +18,8 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from tiling.errors import SourceOpenError, WindowError
-from tiling.windows import Window, clip
+from tiling.source import empty_read
+from tiling.windows import Window
 
 __all__ = [
     "DUPLICATE_TOLERANCE_MM",
@@ -287,11 +288,8 @@ def read_slices(window: Window, shape: tuple[int, ...], cache: FrameCache, path:
         WindowError: if the window does not have 3 axes.
     """
     check_window_ndim(window, 3, path)
-    data = np.zeros((1, *window.shape), np.float32)
-    valid = np.zeros(window.shape, bool)
-    try:
-        inside = clip(window, shape)
-    except WindowError:
+    data, valid, inside = empty_read(window, shape, 1, np.float32)
+    if inside is None:
         return data, valid
     rel = inside.relative_to(window).to_slices()
     _, ys, xs = inside.to_slices()

@@ -18,10 +18,9 @@ from tiling.errors import (
     NotGeoreferencedWarning,
     SourceOpenError,
     SourceReadError,
-    WindowError,
 )
-from tiling.source import GeoRef, SourceBase, SourceSpec
-from tiling.windows import Window, clip
+from tiling.source import GeoRef, SourceBase, SourceSpec, empty_read
+from tiling.windows import Window
 
 __all__ = ["GDAL_CACHEMAX_MB", "GeoTiffSource", "gdal_env"]
 
@@ -140,11 +139,8 @@ class GeoTiffSource(SourceBase):
         Raises:
             SourceReadError: if GDAL cannot decode the data.
         """
-        data = np.zeros((self.count, *window.shape), self.dtype)
-        valid = np.zeros(window.shape, bool)
-        try:
-            inside = clip(window, self.shape)
-        except WindowError:
+        data, valid, inside = empty_read(window, self.shape, self.count, self.dtype)
+        if inside is None:
             return data, valid
         rw = rasterio.windows.Window(inside.start[1], inside.start[0], inside.shape[1], inside.shape[0])
         try:

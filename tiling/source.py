@@ -11,9 +11,9 @@ if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings at run time
 
 import numpy as np
 
-from tiling.windows import Window
+from tiling.windows import Window, clip, intersects
 
-__all__ = ["GeoRef", "Source", "SourceBase", "SourceSpec", "guess_kind", "open_source"]
+__all__ = ["GeoRef", "Source", "SourceBase", "SourceSpec", "empty_read", "guess_kind", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,19 @@ class Source(Protocol):
     def __enter__(self) -> Source: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def empty_read(
+    window: Window, shape: tuple[int, ...], count: int, dtype
+) -> tuple[np.ndarray, np.ndarray, Window | None]:
+    """The start of every ``read``: zeroed data (count, *window.shape), an
+    all-invalid mask, and the part of ``window`` inside an image of ``shape``
+    (None when the window lies wholly outside, so the zeros are the answer)."""
+    data = np.zeros((count, *window.shape), dtype)
+    valid = np.zeros(window.shape, bool)
+    if not intersects(window, Window((0,) * len(shape), tuple(shape))):
+        return data, valid, None
+    return data, valid, clip(window, shape)
 
 
 class SourceBase:

@@ -27,7 +27,7 @@ from zarr.errors import BaseZarrError
 
 from tiling.cog import default_colormap
 from tiling.errors import ConfigError, SinkError, SinkFinalizedError, SourceOpenError, SourceReadError, WindowError
-from tiling.source import SourceBase, SourceSpec
+from tiling.source import SourceBase, SourceSpec, empty_read
 from tiling.stitch import LABEL_NODATA
 from tiling.sink import Sink, check_writable
 from tiling.windows import Window, clip, plan_windows
@@ -211,11 +211,8 @@ class ZarrSource(SourceBase):
         """
         if window.ndim != len(self.shape):
             raise WindowError(f"{self.path}: needs a {len(self.shape)}-axis window {self.axes}, got {window}")
-        data = np.zeros((self.count, *window.shape), self.dtype)
-        valid = np.zeros(window.shape, bool)
-        try:
-            inside = clip(window, self.shape)
-        except WindowError:
+        data, valid, inside = empty_read(window, self.shape, self.count, self.dtype)
+        if inside is None:
             return data, valid
         spatial = iter(inside.to_slices())
         index = tuple(0 if r == "t" else slice(None) if r == "c" else next(spatial) for r in self._roles)
