@@ -11,7 +11,7 @@ import psutil
 import rasterio
 from affine import Affine
 
-from tiling.geotiff import gdal_env
+from tiling.formats.geotiff.gdal import gdal_env
 
 
 def make_large_scene(path: Path, size: int, bands: int = 1, block: int = 512) -> Path:

@@ -27,7 +27,7 @@ from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayCon
 from pipeline.demo import make_scene
 from pipeline.infer import infer_scene
 from tiling import TileGrid, open_source
-from tiling.stats import sample_band_stats
+from tiling.core.stats import sample_band_stats
 
 
 def bare(scene: Path, cfg: PipelineConfig, threads: int) -> tuple[int, float]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from models import Backbone, Precision
-from tiling import BlendMode, ConfigError, EdgeMode
+from tiling.core import BlendMode, EdgeMode, window_bounds
+from tiling.errors import ConfigError
 from tiling.options import lookup_option
 
 __all__ = ["InferenceConfig", "InputConfig", "ModelConfig", "PipelineConfig", "RayConfig", "TilingConfig"]
@@ -24,17 +26,19 @@ class TilingConfig:
     overlap: float = 0.25  # a quarter tile hides the border effects of a ResNet
     blend: BlendMode | str = BlendMode.GAUSSIAN
     edge: EdgeMode | str = EdgeMode.SHIFT
-    bands: tuple[int, ...] | None = None  # 1-based; None = every band
     axis: int = 0  # volumes: segmented slice by slice across this axis (0 = axial for CT)
     context: int = 1  # volumes: 3 = 2.5-D, the slice and its two neighbours as channels
 
     def validate(self) -> TilingConfig:
+        """A copy with options resolved to enums.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
         if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile <= 0:
             raise ConfigError(f"tile: must be a positive number of pixels, got {self.tile!r}")
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"overlap: must be in [0, 1), got {self.overlap!r}")
-        if self.bands is not None and (not self.bands or min(self.bands) < 1):
-            raise ConfigError(f"bands: must be 1-based band numbers, got {self.bands!r}")
         if self.axis not in (0, 1, 2):
             raise ConfigError(f"axis: must be 0, 1 or 2, got {self.axis!r}")
         if self.context not in (1, 3):
@@ -46,30 +50,41 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Which part of a source to read, and how to scale its intensities."""
+    """Which part of a source to read, and how to scale its intensities.
 
+    ``bands``, ``series`` and ``level`` are reader options: each is passed to
+    the source's format, which refuses one it does not take (``--level`` on
+    a GeoTIFF) naming the formats that do.
+    """
+
+    bands: tuple[int, ...] | None = None  # GeoTIFF: 1-based bands to read; None = every band
     series: str | None = None  # DICOM SeriesInstanceUID when a folder holds several
     level: int | None = None  # OME-Zarr multiscale level (0 = full resolution)
     window: str | None = None  # CT intensity window: "low,high" in HU, or a preset name
 
     def validate(self) -> InputConfig:
+        """Check the values.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            raise ConfigError(f"bands: must be 1-based band numbers, got {self.bands!r}")
         if self.level is not None and (
             isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0
         ):
             raise ConfigError(f"level: must be a non-negative integer, got {self.level!r}")
         if self.window is not None:
-            from tiling.dicom import window_bounds
-
             window_bounds(self.window)  # raises ConfigError naming the presets
         return self
 
+    def source_options(self) -> dict[str, Any]:
+        """The reader options that were given, by their format option names."""
+        return {"bands": self.bands, "series": self.series, "level": self.level}
+
     def bounds(self) -> tuple[float, float] | None:
         """The intensity window as (low, high), or None."""
-        if self.window is None:
-            return None
-        from tiling.dicom import window_bounds
-
-        return window_bounds(self.window)
+        return None if self.window is None else window_bounds(self.window)
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,11 @@ class ModelConfig:
     class_names: tuple[str, ...] | None = None
 
     def validate(self) -> ModelConfig:
+        """A copy with options resolved to enums.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) or not 1 <= self.classes <= 254:
             raise ConfigError(f"classes: must be between 1 and 254 (255 marks nodata), got {self.classes!r}")
         if self.class_names is not None and len(self.class_names) != self.classes:
@@ -112,6 +132,11 @@ class InferenceConfig:
     inflight_mb: int = 256
 
     def validate(self) -> InferenceConfig:
+        """Check the values.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
         for name in ("batch", "actors", "tiles_per_task", "inflight_mb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
@@ -142,7 +167,7 @@ class PipelineConfig:
     input: InputConfig = field(default_factory=InputConfig)
     save_probs: bool = False
     allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
-    output_format: str | None = None  # cog | ome-zarr | dicom-seg; None = from the extension
+    output_format: str | None = None  # a format's --format name (cog, ome-zarr, dicom-seg); None = from --out
 
     def validate(self) -> PipelineConfig:
         """A copy with options resolved to enums.
@@ -157,6 +182,6 @@ class PipelineConfig:
             model=self.model.validate(), inference=self.inference.validate(),
         )  # fmt: skip
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain-data form, for saving next to the outputs."""
         return asdict(self)

@@ -8,7 +8,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from tiling.geotiff import gdal_env
+from tiling.formats.geotiff.gdal import gdal_env
 
 __all__ = ["make_scene"]
 

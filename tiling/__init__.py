@@ -1,11 +1,23 @@
-"""tiling: windows, tile grids, sources, blending, stitching and sinks.
+"""tiling: windows, tile grids, blending and stitching (``tiling.core``), and
+the readers and writers of every format (``tiling.formats``).
 
-Pure I/O and geometry on numpy, rasterio and friends: no torch, no Ray.
+No torch, no Ray: the geometry is testable in milliseconds and the formats
+without a cluster.
 """
 
 from __future__ import annotations
 
-from tiling.blend import BlendMode, tile_weights
+from tiling.core import (
+    LABEL_NODATA,
+    BlendMode,
+    EdgeMode,
+    Stitcher,
+    TileGrid,
+    TileLayout,
+    Window,
+    plan_windows,
+    tile_weights,
+)
 from tiling.errors import (
     ConfigError,
     NotGeoreferencedWarning,
@@ -16,32 +28,39 @@ from tiling.errors import (
     TilingError,
     WindowError,
 )
-from tiling.grid import TileGrid
-from tiling.sink import Sink
-from tiling.source import GeoRef, Source, SourceSpec, open_source
-from tiling.stitch import LABEL_NODATA, Stitcher
-from tiling.windows import EdgeMode, Window, plan_windows
+from tiling.formats import SourceSpec, open_sink, open_source, sniff, spec_of
+from tiling.formats.base import Sink, SinkRequest, Source
+from tiling.formats.reference import ArrayTransform, GeoRef, MapReference, SlideGeometry, VolumeGeometry
 
 __all__ = [
     "LABEL_NODATA",
+    "ArrayTransform",
     "BlendMode",
     "ConfigError",
     "EdgeMode",
     "GeoRef",
+    "MapReference",
     "NotGeoreferencedWarning",
-    "SinkError",
     "Sink",
+    "SinkError",
     "SinkFinalizedError",
+    "SinkRequest",
+    "SlideGeometry",
     "Source",
     "SourceOpenError",
     "SourceReadError",
     "SourceSpec",
     "Stitcher",
     "TileGrid",
+    "TileLayout",
     "TilingError",
+    "VolumeGeometry",
     "Window",
     "WindowError",
+    "open_sink",
     "open_source",
     "plan_windows",
+    "sniff",
+    "spec_of",
     "tile_weights",
 ]

@@ -1,0 +1,33 @@
+"""The ``tilewise`` command line: a click group with one module per command.
+
+User errors (bad input, bad options, unwritable output) print one line,
+``Error: <file>: <problem>``, and exit 1 without a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.common import setup_logging
+from pipeline.cli.demo import demo
+from pipeline.cli.infer import infer
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tilewise")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def cli(verbose: int, quiet: int) -> None:
+    """tilewise: seam-free tiled segmentation of huge rasters on Ray."""
+    setup_logging(verbose, quiet)
+
+
+cli.add_command(infer)
+cli.add_command(demo)
+
+
+def main() -> None:
+    """Entry point of the ``tilewise`` command."""
+    cli(prog_name="tilewise")

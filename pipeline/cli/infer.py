@@ -1,0 +1,68 @@
+"""``tilewise infer``: segment one scene, or several into a folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli.common import one_line, report
+from pipeline.cli.options import build_config, config_options
+
+__all__ = ["infer", "run_infer"]
+
+
+def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], progress: bool) -> None:
+    """Segment ``sources`` into ``out`` with the config the flag ``values`` describe.
+
+    User errors end as one ``Error:`` line and exit status 1; in a batch the
+    other scenes still finish.
+    """
+    from pipeline.infer import USER_ERRORS, infer_many, infer_scene
+
+    try:
+        cfg = build_config(values).validate()
+        if len(sources) == 1:
+            report(infer_scene(sources[0], out, cfg, progress=progress))
+            return
+        if not out.is_dir():
+            raise click.ClickException(f"{out}: with several sources, --out must be an existing folder")
+        outcome = infer_many(list(sources), out, cfg, progress=progress)
+    except USER_ERRORS as e:
+        raise click.ClickException(one_line(sources[0], e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; nothing written at {out}", err=True)
+        sys.exit(130)
+    failed = {s: r for s, r in outcome.items() if isinstance(r, Exception)}
+    for src, r in outcome.items():
+        if src in failed:
+            click.echo(f"Error: {one_line(src, r)}", err=True)
+        else:
+            report(r)
+    if failed:
+        raise click.ClickException(f"{len(outcome) - len(failed)} of {len(outcome)} scenes written; {len(failed)} failed")
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path), nargs=-1, required=True)
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path), required=True,
+    help="Output mask; a folder when several SRC are given.",
+)  # fmt: skip
+@config_options
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def infer(src: tuple[Path, ...], out: Path, progress: bool, **values: Any) -> None:
+    """Segment SRC into a mask at OUT.
+
+    SRC is a GeoTIFF/COG, a DICOM series folder, a DICOM file (enhanced
+    multi-frame or whole-slide) or a Zarr/OME-Zarr store, of any size. OUT's
+    extension picks the format: .tif (COG with the source's georeferencing),
+    .zarr (OME-Zarr) or .dcm (DICOM SEG referencing the source images).
+
+    With several SRC, OUT is a folder and each mask is OUT/<stem>_mask.<ext>,
+    in the source's own format; a scene that fails is reported and the
+    others still finish.
+    """
+    run_infer(src, out, values, progress)

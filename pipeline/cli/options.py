@@ -1,0 +1,175 @@
+"""Every configuration flag, declared once, with its default read from the config dataclasses.
+
+A :class:`Flag` names the config field it sets (``tiling.tile``). Its click
+option takes that field's default, so :mod:`pipeline.config` stays the one
+source of truth, and :func:`build_config` turns the parsed values back into a
+:class:`~pipeline.config.PipelineConfig` by keyword.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+import click
+
+from models import Backbone, Precision
+from pipeline.config import (
+    InferenceConfig,
+    InputConfig,
+    ModelConfig,
+    PipelineConfig,
+    RayConfig,
+    TilingConfig,
+)
+from tiling.core import BlendMode, EdgeMode
+
+__all__ = ["FLAGS", "Flag", "build_config", "config_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Config sections by the name a flag uses; None is PipelineConfig itself.
+SECTIONS: dict[str | None, type] = {
+    "tiling": TilingConfig,
+    "model": ModelConfig,
+    "inference": InferenceConfig,
+    "ray": RayConfig,
+    "input": InputConfig,
+    None: PipelineConfig,
+}
+
+
+def _csv_ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated band numbers like 1,2,3, got {value!r}") from None
+
+
+def _csv_names(value: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in value.split(","))
+
+
+def _choice(enum: type[Enum]) -> click.Choice:
+    return click.Choice([m.value for m in enum], case_sensitive=False)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag that sets one config field.
+
+    Attributes:
+        name: the flag, e.g. ``"--tile"``.
+        section: the config section (``"tiling"``), or None for a top-level field.
+        field: the field it sets.
+        help: the help text.
+        type: the click type; ``str`` when None.
+        convert: turns the parsed string into the field's value (e.g. a CSV into a tuple).
+        is_flag: a boolean switch.
+        envvar: an environment variable that sets it too.
+    """
+
+    name: str
+    section: str | None
+    field: str
+    help: str
+    type: Any = None
+    convert: Callable[[Any], Any] | None = None
+    is_flag: bool = False
+    envvar: str | None = None
+
+    @property
+    def default(self) -> Any:
+        """The field's default in the config dataclass."""
+        f = {f.name: f for f in dataclasses.fields(SECTIONS[self.section])}[self.field]
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:  # pragma: no cover - every config field has a default
+            value = None
+        return value.value if isinstance(value, Enum) else value
+
+    @property
+    def dest(self) -> str:
+        """The keyword click passes the value under."""
+        return f"{self.section or 'run'}__{self.field}"
+
+    def option(self) -> Callable[[F], F]:
+        """The click option decorator."""
+        default = self.default
+        kwargs: dict[str, Any] = {"help": self.help, "envvar": self.envvar}
+        if self.is_flag:
+            kwargs.update(is_flag=True, default=bool(default))
+        else:
+            kwargs.update(type=self.type, default=default, show_default=default is not None)
+            if self.convert is not None and default is not None and not isinstance(default, str):
+                kwargs["default"] = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        return click.option(self.name, self.dest, **kwargs)
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--tile", "tiling", "tile", "Tile size in pixels.", int),
+    Flag("--overlap", "tiling", "overlap", "Tile overlap, a fraction in [0, 1).", float),
+    Flag("--blend", "tiling", "blend", "How overlapping tiles are combined.", _choice(BlendMode)),
+    Flag("--edge", "tiling", "edge", "Last tile per axis: shift inward or pad.", _choice(EdgeMode)),
+    Flag("--axis", "tiling", "axis", "Volumes: segment slice by slice across this axis.", int),
+    Flag(
+        "--context", "tiling", "context", "Volumes: 3 = 2.5-D (the slice and its neighbours as channels).",
+        click.Choice(["1", "3"]), int,
+    ),  # fmt: skip
+    Flag("--batch", "inference", "batch", "Tiles per forward pass.", int),
+    Flag("--actors", "inference", "actors", "Model replicas (default: one per GPU, else one).", int),
+    Flag("--device", "inference", "device", "torch device (default: cuda if available, else cpu)."),
+    Flag("--classes", "model", "classes", "Number of output classes K.", int),
+    Flag("--class-names", "model", "class_names", "Comma-separated class names (K of them).", None, _csv_names),
+    Flag("--backbone", "model", "backbone", "DeepLabV3 backbone.", _choice(Backbone)),
+    Flag(
+        "--weights", "model", "weights", "Local torchvision/tilewise checkpoint; random init if omitted.",
+        click.Path(dir_okay=False),
+    ),  # fmt: skip
+    Flag("--precision", "model", "precision", "Forward-pass precision.", _choice(Precision)),
+    Flag("--bands", "input", "bands", "1-based bands to use, e.g. 1,2,3 (default: all).", None, _csv_ints),
+    Flag("--series", "input", "series", "DICOM SeriesInstanceUID, when the folder holds several series."),
+    Flag("--level", "input", "level", "OME-Zarr multiscale level to segment (default 0).", int),
+    Flag("--window", "input", "window", "CT intensity window 'low,high' in HU, or soft-tissue|lung|bone|brain."),
+    Flag("--address", "ray", "address", "Ray cluster to join (default: start a local Ray).", envvar="RAY_ADDRESS"),
+    Flag("--num-cpus", "ray", "num_cpus", "CPUs for the local Ray (default: all).", int),
+    Flag(
+        "--save-probs", None, "save_probs",
+        "Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr.", is_flag=True,
+    ),  # fmt: skip
+    Flag(
+        "--allow-no-crs", None, "allow_no_crs", "Accept a source without CRS (the mask keeps only the pixel grid).",
+        is_flag=True,
+    ),  # fmt: skip
+    Flag("--format", None, "output_format", "Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+)
+
+
+def config_options(f: F) -> F:
+    """Decorate a command with every flag of :data:`FLAGS`."""
+    for flag in reversed(FLAGS):
+        f = flag.option()(f)
+    return f
+
+
+def build_config(values: Mapping[str, Any], flags: Sequence[Flag] = FLAGS) -> PipelineConfig:
+    """The config the parsed flag ``values`` (keyed by :attr:`Flag.dest`) describe, built by keyword.
+
+    Values that click did not parse (absent keys) keep the config's defaults.
+    """
+    sections: dict[str | None, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for flag in flags:
+        if flag.dest not in values:
+            continue
+        value = values[flag.dest]
+        if value is not None and flag.convert is not None:
+            value = flag.convert(value)
+        sections[flag.section][flag.field] = value
+    top = sections.pop(None)
+    parts = {name: SECTIONS[name](**kw) for name, kw in sections.items() if name is not None}
+    return PipelineConfig(**parts, **top)

@@ -1,0 +1,106 @@
+"""The tile grid of a scene: tile size, overlap, edge policy, block alignment.
+
+2-D scenes are cut into square tiles. Volumes are cut slice by slice: along
+the slice axis the tile is one voxel thick with stride 1, and the other two
+axes are tiled like a 2-D scene.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from tiling.errors import ConfigError
+from tiling.options import lookup_option
+from tiling.core.windows import EdgeMode, Window, axis_starts, core_bounds
+
+__all__ = ["TileGrid"]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of ``tile`` pixels over a scene of ``shape`` (2-D rows, cols; or 3-D).
+
+    The stride is ``round(tile * (1 - overlap))``. When the source stores its
+    pixels in blocks (``block``), each axis' stride is rounded *down* to a
+    multiple of the block size where the block is no larger than the stride,
+    so windows start on block boundaries and a read touches the fewest
+    blocks; rounding down only ever increases the overlap.
+
+    For a 3-D ``shape``, ``slice_axis`` is the axis cut into one-voxel-thick
+    slices (tile 1, stride 1); the other two axes get ``tile``.
+
+    Raises:
+        ConfigError: if ``tile`` is not a positive integer, ``overlap`` is
+            outside ``[0, 1)``, or the shape is not 2-D or 3-D.
+    """
+
+    shape: tuple[int, ...]
+    tile: int
+    overlap: float = 0.25
+    edge: EdgeMode | str = EdgeMode.SHIFT
+    block: tuple[int, ...] | None = None
+    slice_axis: int = 0
+    _edge: EdgeMode = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile <= 0:
+            raise ConfigError(f"tile size must be a positive integer, got {self.tile!r}")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap!r}")
+        if len(self.shape) not in (2, 3) or min(self.shape) <= 0:
+            raise ConfigError(f"scene shape must be 2 or 3 positive sizes, got {self.shape!r}")
+        if len(self.shape) == 3 and self.slice_axis not in (0, 1, 2):
+            raise ConfigError(f"axis must be 0, 1 or 2 for a volume, got {self.slice_axis!r}")
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "_edge", lookup_option(self.edge, EdgeMode, "edge"))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @cached_property
+    def tile_shape(self) -> tuple[int, ...]:
+        """The window shape: ``tile`` on every axis but a volume's slice axis (1)."""
+        if self.ndim == 2:
+            return (self.tile, self.tile)
+        return tuple(1 if a == self.slice_axis else self.tile for a in range(3))
+
+    @cached_property
+    def stride(self) -> tuple[int, ...]:
+        """Step between window starts along each axis."""
+        base = max(1, round(self.tile * (1 - self.overlap)))
+        block = self.block or (0,) * self.ndim
+        return tuple(
+            1 if t == 1 and self.ndim == 3 else (base // b * b if 0 < b <= base else base)
+            for t, b in zip(self.tile_shape, block)
+        )
+
+    @cached_property
+    def starts(self) -> tuple[list[int], ...]:
+        """Window start offsets along each axis."""
+        return tuple(axis_starts(n, t, s, self._edge) for n, t, s in zip(self.shape, self.tile_shape, self.stride))
+
+    @cached_property
+    def windows(self) -> list[Window]:
+        """Every tile window, in C order; a window may overrun the scene."""
+        return [Window(start, self.tile_shape) for start in itertools.product(*self.starts)]
+
+    def __len__(self) -> int:
+        return int(np.prod([len(s) for s in self.starts]))
+
+    @cached_property
+    def _cores(self) -> tuple[list[tuple[int, int]], ...]:
+        return tuple(core_bounds(st, t, n) for st, t, n in zip(self.starts, self.tile_shape, self.shape))
+
+    def core(self, index: int) -> Window:
+        """The scene region that window ``index`` alone owns (the ``center`` blend).
+
+        The cores of all windows partition the scene.
+        """
+        pos = np.unravel_index(index, [len(s) for s in self.starts])
+        bounds = [self._cores[a][int(p)] for a, p in enumerate(pos)]
+        return Window(tuple(lo for lo, _ in bounds), tuple(hi - lo for lo, hi in bounds))

@@ -1,0 +1,251 @@
+"""Stitch overlapping tile predictions into finished output blocks, in bounded memory.
+
+The scene is divided into output blocks (the sink's storage blocks). Before
+any tile arrives the stitcher counts, for every block, how many planned tiles
+touch it. Each arriving tile adds its weighted class scores into the blocks
+it touches; when a block's count reaches zero no further tile can change it,
+so it is normalised, turned into labels and handed to the writer at once, and
+its accumulator is freed. Memory therefore holds only the blocks on the
+frontier of the tiles in flight. Should that frontier outgrow
+``max_open_bytes`` (a very wide scene, tiles arriving far out of order), the
+least recently used accumulators spill to ``.npy`` files in a temporary
+folder and come back when touched again, so the bound holds for any scene.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from tiling.core.blend import BlendMode, tile_weights
+from tiling.core.grid import TileGrid
+from tiling.core.labels import LABEL_NODATA
+from tiling.core.windows import Window, clip, intersection
+from tiling.errors import TilingError
+from tiling.options import lookup_option
+
+__all__ = ["DEFAULT_MAX_OPEN_BYTES", "BlockWriter", "Stitcher", "finish_block"]
+
+log = logging.getLogger(__name__)
+
+#: Default cap on accumulator memory before spilling to disk.
+DEFAULT_MAX_OPEN_BYTES = 128 * 2**20
+
+
+class BlockWriter(Protocol):
+    """Receives finished output blocks."""
+
+    def write(self, window: Window, labels: np.ndarray, probs: np.ndarray | None) -> None:
+        """Write ``labels`` (rows, cols) uint8 and optionally ``probs`` (K, rows, cols) float32."""
+
+
+class Stitcher:
+    """Blend tile predictions of a :class:`TileGrid` and emit finished blocks.
+
+    Args:
+        grid: the tile plan; tile ``i`` of :meth:`add` is ``grid.windows[i]``.
+        classes: number of class-score channels per tile.
+        blend: ``gaussian``, ``mean`` or ``center``.
+        writer: where finished blocks go.
+        block: output block shape, one size per scene axis.
+        keep_probs: also hand blended probabilities to the writer.
+        max_open_bytes: accumulator memory above which blocks spill to disk.
+    """
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        classes: int,
+        blend: BlendMode | str,
+        writer: BlockWriter,
+        block: tuple[int, ...] = (256, 256),
+        keep_probs: bool = False,
+        max_open_bytes: int = DEFAULT_MAX_OPEN_BYTES,
+    ) -> None:
+        self.grid = grid
+        self.classes = classes
+        self.blend = lookup_option(blend, BlendMode, "blend")
+        self.writer = writer
+        self.block = block
+        self.keep_probs = keep_probs
+        self.max_open_bytes = max_open_bytes
+        self.shape = grid.shape
+        self.nblocks = tuple(math.ceil(n / b) for n, b in zip(self.shape, block))
+        self.pending = np.zeros(self.nblocks, np.int32)
+        if len(block) != len(self.shape):
+            raise TilingError(f"output block {block} and scene {self.shape} differ in axes")
+        for window in grid.windows:
+            self.pending[self._block_range(clip(window, self.shape))] += 1
+        self._seen = np.zeros(len(grid), bool)
+        self._open: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._open_bytes = 0  # bytes held by the accumulators in _open
+        self._spilled: set[tuple[int, ...]] = set()
+        self._spill_dir: Path | None = None
+        self.blocks_written = 0
+        self.skipped = 0
+        self.spills = 0
+        self.peak_open_bytes = 0
+
+    # -- geometry -------------------------------------------------------------
+    def _block_range(self, w: Window) -> tuple[slice, ...]:
+        """The block indexes (as slices per axis) that window ``w`` touches."""
+        return tuple(slice(a // b, (e - 1) // b + 1) for a, e, b in zip(w.start, w.stop, self.block))
+
+    def _block_keys(self, w: Window) -> itertools.product:
+        return itertools.product(*(range(s.start, s.stop) for s in self._block_range(w)))
+
+    def _block_window(self, key: tuple[int, ...]) -> Window:
+        start = tuple(k * b for k, b in zip(key, self.block))
+        shape = tuple(min(b, n - s) for b, n, s in zip(self.block, self.shape, start))
+        return Window(start, shape)
+
+    def weights(self, index: int) -> np.ndarray:
+        """Blend weights of tile ``index`` over its full (unclipped) window."""
+        window = self.grid.windows[index]
+        core = None
+        if self.blend is BlendMode.CENTER:
+            core = self.grid.core(index).relative_to(window)
+        return tile_weights(self.blend, window.shape, core)
+
+    # -- accumulation -----------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        """Whether every planned tile has been added."""
+        return bool(self._seen.all())
+
+    def add(self, index: int, scores: np.ndarray | None, valid: np.ndarray | None = None) -> None:
+        """Add tile ``index``'s class scores.
+
+        Args:
+            index: position of the tile in ``grid.windows``.
+            scores: (K, *window.shape) class scores over the full window, or
+                ``None`` for a tile skipped because it holds no valid pixel.
+            valid: (*window.shape) bool, False where the source is nodata or
+                the window overran the scene; those pixels get zero weight.
+
+        Raises:
+            TilingError: if the tile index is out of range or added twice, or
+                the scores have the wrong shape.
+        """
+        if not 0 <= index < len(self._seen):
+            raise TilingError(f"tile index {index} is outside the plan of {len(self._seen)} tiles")
+        if self._seen[index]:
+            raise TilingError(f"tile {index} was added twice")
+        window = self.grid.windows[index]
+        expected = (self.classes, *window.shape)
+        if scores is not None and scores.shape != expected:
+            raise TilingError(f"tile {index}: scores have shape {scores.shape}, expected {expected}")
+        self._seen[index] = True
+        self.skipped += scores is None
+        inside = clip(window, self.shape)
+        weight = None
+        if scores is not None:
+            weight = self.weights(index)
+            if valid is not None:
+                weight = weight * valid
+        for key in self._block_keys(inside):
+            if weight is not None:
+                part = intersection(inside, self._block_window(key))
+                src = part.relative_to(window).to_slices()
+                dst = part.relative_to(self._block_window(key)).to_slices()
+                w = weight[src]
+                if w.any():
+                    acc = self._get(key)
+                    acc[(slice(None, self.classes), *dst)] += scores[(slice(None), *src)] * w
+                    acc[(self.classes, *dst)] += w
+            self.pending[key] -= 1
+            if self.pending[key] == 0:
+                self._finish(key)
+
+    def _get(self, key: tuple[int, ...]) -> np.ndarray:
+        acc = self._open.get(key)
+        if acc is not None:
+            self._open.move_to_end(key)
+            return acc
+        acc = self._unspill(key)
+        if acc is None:
+            acc = np.zeros((self.classes + 1, *self._block_window(key).shape), np.float32)
+        self._open[key] = acc
+        self._open_bytes += acc.nbytes
+        self._evict()
+        return acc
+
+    def _unspill(self, key: tuple[int, ...]) -> np.ndarray | None:
+        """Load and delete block ``key``'s spilled accumulator, if it has one."""
+        if key not in self._spilled:
+            return None
+        path = self._spill_path(key)
+        acc = np.load(path)
+        path.unlink()
+        self._spilled.discard(key)
+        return acc
+
+    def _evict(self) -> None:
+        self.peak_open_bytes = max(self.peak_open_bytes, self._open_bytes)
+        while self._open_bytes > self.max_open_bytes and len(self._open) > 1:
+            key, acc = self._open.popitem(last=False)
+            if self._spill_dir is None:
+                self._spill_dir = Path(tempfile.mkdtemp(prefix="tilewise-spill-"))
+                log.info("stitch accumulators exceed %d bytes; spilling to %s", self.max_open_bytes, self._spill_dir)
+            np.save(self._spill_path(key), acc)
+            self._spilled.add(key)
+            self.spills += 1
+            self._open_bytes -= acc.nbytes
+
+    def _spill_path(self, key: tuple[int, ...]) -> Path:
+        assert self._spill_dir is not None
+        return self._spill_dir / ("_".join(map(str, key)) + ".npy")
+
+    def _finish(self, key: tuple[int, ...]) -> None:
+        window = self._block_window(key)
+        acc = self._open.pop(key, None)
+        if acc is not None:
+            self._open_bytes -= acc.nbytes
+        else:
+            acc = self._unspill(key)
+        labels, probs = finish_block(acc, self.classes, window.shape, self.keep_probs)
+        self.writer.write(window, labels, probs)
+        self.blocks_written += 1
+
+    def close(self) -> None:
+        """Check that every block was written and remove spill files.
+
+        Raises:
+            TilingError: if tiles are missing, so some blocks were never finished.
+        """
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
+        missing = int((~self._seen).sum())
+        if missing:
+            raise TilingError(f"{missing} of {len(self._seen)} tiles never arrived; output is incomplete")
+
+
+def finish_block(
+    acc: np.ndarray | None, classes: int, shape: Sequence[int], keep_probs: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalise an accumulator (K+1, rows, cols) into labels and probabilities.
+
+    Pixels with zero total weight get :data:`LABEL_NODATA` and zero probability.
+    """
+    if acc is None:
+        labels = np.full(shape, LABEL_NODATA, np.uint8)
+        return labels, (np.zeros((classes, *shape), np.float32) if keep_probs else None)
+    weight = acc[classes]
+    empty = weight <= 0
+    probs = acc[:classes] / np.where(empty, 1.0, weight)
+    labels = probs.argmax(axis=0).astype(np.uint8)
+    labels[empty] = LABEL_NODATA
+    if keep_probs:
+        probs[:, empty] = 0.0
+        return labels, probs
+    return labels, None

@@ -1,0 +1,253 @@
+"""The format registry: which formats tilewise reads and writes, found by name or by sniffing a path.
+
+Each entry maps a name to ``"module:FORMAT"``, a :class:`~tiling.formats.base.Format`
+record imported only when first needed, so a GeoTIFF user never imports
+pydicom or zarr. Adding a format is one folder under ``tiling/formats/`` and
+one line in :data:`BUILTIN` (or a :func:`register` call from outside).
+
+A :class:`SourceSpec` ``(path, format, options)`` reopens a source in another
+process (a Ray worker). When pickled it carries its format's locator, so a
+format registered at run time is found there too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tiling.errors import ConfigError, SourceOpenError
+from tiling.formats.base import Format, NoOptions, Sink, SinkRequest, Source
+
+__all__ = [
+    "BUILTIN",
+    "SourceSpec",
+    "all_formats",
+    "get_format",
+    "natural_output",
+    "open_sink",
+    "open_source",
+    "output_format",
+    "register",
+    "sniff",
+    "source_options",
+    "spec_of",
+    "unregister",
+]
+
+#: The formats that ship with tilewise: name -> "module:attribute" of its Format record.
+BUILTIN: dict[str, str] = {
+    "geotiff": "tiling.formats.geotiff:FORMAT",
+    "dicom": "tiling.formats.dicom:FORMAT",
+    "zarr": "tiling.formats.zarr:FORMAT",
+}
+
+_locators: dict[str, str] = dict(BUILTIN)
+_loaded: dict[str, Format] = {}
+
+
+def register(locator: str) -> Format:
+    """Register the Format record at ``locator`` (``"package.module:ATTRIBUTE"``).
+
+    The module must be importable wherever sources are reopened (Ray
+    workers), so a format defined in a script's ``__main__`` will not do.
+    A format of the same name is replaced.
+
+    Returns:
+        The registered record.
+    """
+    fmt = _import(locator)
+    _locators[fmt.name] = locator
+    _loaded[fmt.name] = fmt
+    return fmt
+
+
+def unregister(name: str) -> None:
+    """Forget format ``name`` (built-in formats come back only by :func:`register`)."""
+    _locators.pop(name, None)
+    _loaded.pop(name, None)
+
+
+def _import(locator: str) -> Format:
+    module, _, attr = locator.partition(":")
+    fmt = getattr(importlib.import_module(module), attr or "FORMAT")
+    if not isinstance(fmt, Format):
+        raise TypeError(f"{locator} is a {type(fmt).__name__}, not a tiling.formats.base.Format")
+    return fmt
+
+
+def get_format(name: str | Format) -> Format:
+    """The registered format called ``name``.
+
+    Raises:
+        ConfigError: if no format of that name is registered (naming those that are).
+    """
+    if isinstance(name, Format):
+        return name
+    fmt = _loaded.get(name)
+    if fmt is None:
+        locator = _locators.get(name)
+        if locator is None:
+            raise ConfigError(f"format: {name!r} is not one of {', '.join(sorted(_locators))}")
+        fmt = _loaded[name] = _import(locator)
+    return fmt
+
+
+def all_formats() -> list[Format]:
+    """Every registered format, in sniffing order."""
+    return sorted((get_format(n) for n in list(_locators)), key=lambda f: (f.priority, f.name))
+
+
+def sniff(path: str | Path) -> Format:
+    """The format whose files look like ``path``.
+
+    Raises:
+        SourceOpenError: if no registered format recognises it.
+    """
+    path = Path(path)
+    for fmt in all_formats():
+        if fmt.open_source is not None and fmt.sniff(path):
+            return fmt
+    raise SourceOpenError(f"{path}: not a format tilewise reads ({', '.join(f.title for f in all_formats())})")
+
+
+def source_options(fmt: Format | str, given: Mapping[str, Any] | None = None) -> Any:
+    """Build ``fmt``'s reader options from ``given``, ignoring None values.
+
+    Raises:
+        ConfigError: if an option is not one ``fmt`` accepts; the message
+            names the formats that do accept it.
+    """
+    fmt = get_format(fmt)
+    values = {k: v for k, v in (given or {}).items() if v is not None}
+    accepted = set(fmt.option_names())
+    for key in values:
+        if key not in accepted:
+            takers = [f.title for f in all_formats() if key in f.option_names()]
+            where = f"it applies to {', '.join(takers)} sources only" if takers else "no format takes it"
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"option {key} ({flag}) does not apply to a {fmt.title} source; {where}")
+    try:
+        return fmt.options(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{fmt.name} options: {e}") from e
+
+
+def _missing_extra(fmt: Format, what: str, e: ModuleNotFoundError) -> SourceOpenError:
+    extra = f"pip install 'tilewise[{fmt.extra}]'" if fmt.extra else f"pip install {e.name}"
+    return SourceOpenError(f"{what}: {fmt.title} needs the {e.name} package, which is not installed; {extra}")
+
+
+def open_source(path: str | Path, format: str | Format | None = None, **options: Any) -> Source:
+    """Open ``path`` with the reader of its format.
+
+    Args:
+        path: the image file, folder or store.
+        format: the registry name of the format; sniffed from the path when None.
+        options: the format's reader options (``bands`` for GeoTIFF,
+            ``series`` for DICOM, ``level`` for OME-Zarr...); None values are ignored.
+
+    Raises:
+        SourceOpenError: if the path is missing, of no known format, unreadable,
+            or its format's libraries are not installed.
+        ConfigError: if an option does not apply to the format or has a bad value.
+    """
+    path = Path(path)
+    fmt = get_format(format) if format is not None else sniff(path)
+    if fmt.open_source is None:
+        raise ConfigError(f"{path}: {fmt.title} is an output format only")
+    opts = options.pop("options", None) or source_options(fmt, options)
+    try:
+        return fmt.open_source(path, opts)
+    except ModuleNotFoundError as e:
+        raise _missing_extra(fmt, str(path), e) from e
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What a worker needs to reopen a source: small and picklable.
+
+    Attributes:
+        path: the source's path.
+        format: its format's registry name.
+        options: the format's resolved reader options.
+    """
+
+    path: str
+    format: str
+    options: Any = dataclasses.field(default_factory=NoOptions)
+
+    def open(self) -> Source:
+        """Open the source this spec describes."""
+        return open_source(self.path, self.format, options=self.options)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Carry the locator so a format registered at run time is found in the worker.
+        return (_rebuild_spec, (self.path, self.format, self.options, _locators.get(self.format)))
+
+
+def _rebuild_spec(path: str, format: str, options: Any, locator: str | None) -> SourceSpec:
+    if format not in _locators and locator is not None:
+        register(locator)
+    return SourceSpec(path, format, options)
+
+
+def spec_of(source: Source) -> SourceSpec:
+    """The spec that reopens ``source``."""
+    return SourceSpec(str(source.path), source.format, source.options)
+
+
+def output_format(out: str | Path, requested: str | Format | None = None) -> Format:
+    """The format of a mask at ``out``: the one ``requested`` (by its ``--format``
+    name or registry name), else the one whose suffixes match ``out``.
+
+    Raises:
+        ConfigError: if neither names a format that writes masks.
+    """
+    out = Path(out)
+    writers = [f for f in all_formats() if f.sink is not None]
+    names = ", ".join(f.writes for f in writers)
+    if requested is not None:
+        if isinstance(requested, Format):
+            return requested
+        text = str(requested).strip().lower()
+        for f in writers:
+            if text in (f.writes, f.name):
+                return f
+        raise ConfigError(f"format: {requested!r} is not one of {names}")
+    suffix = "".join(out.suffixes[-1:]).lower()
+    for f in writers:
+        if suffix in f.suffixes:
+            return f
+    known = ", ".join(f"{f.suffixes[0]} ({f.writes})" for f in writers if f.suffixes)
+    raise ConfigError(
+        f"{out}: cannot tell the output format from {out.suffix or 'no extension'!r}; use {known}, or --format"
+    )
+
+
+def natural_output(source_format: str | Format) -> Format:
+    """The mask format a batch picks for a source of ``source_format``: its own, else OME-Zarr's."""
+    fmt = get_format(source_format)
+    if fmt.sink is not None:
+        return fmt
+    return output_format("mask", "zarr")
+
+
+def open_sink(out: str | Path, source: Source, fmt: str | Format | None, request: SinkRequest) -> Sink:
+    """Open the sink for ``source``'s mask at ``out``, in ``fmt`` or the format ``out``'s suffix names.
+
+    Raises:
+        ConfigError: if the format cannot hold this source's mask.
+        SinkError: if ``out`` cannot be written.
+        SourceOpenError: if the format's libraries are not installed.
+    """
+    out = Path(out)
+    f = output_format(out, fmt)
+    assert f.sink is not None  # output_format returns writers only
+    try:
+        return f.sink().for_source(out, source, request)
+    except ModuleNotFoundError as e:
+        raise _missing_extra(f, str(out), e) from e

@@ -1,0 +1,204 @@
+"""Streaming Cloud-Optimised GeoTIFF sink for label masks (and optional probabilities).
+
+Blocks are written as they finish into a tiled, compressed GTiff under a
+temporary name beside the output. :meth:`CogSink.finalize` converts it with
+GDAL's COG driver (which adds overviews) and renames the result into place,
+so the final name appears only when the file is complete. Writing directly
+with ``driver="COG"`` would buffer the whole raster in memory; the windowed
+GTiff plus ``rasterio.shutil.copy`` stays flat (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import rasterio.windows
+from affine import Affine
+from rasterio.errors import RasterioError
+
+from tiling.core.labels import LABEL_NODATA, default_colormap
+from tiling.core.windows import Window
+from tiling.errors import ConfigError, SinkError
+from tiling.formats.base import Sink, SinkRequest, Source, check_writable
+from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache before any I/O)
+from tiling.formats.reference import MapReference
+
+__all__ = ["DEFAULT_BLOCK", "CogSink", "probs_path_for"]
+
+log = logging.getLogger(__name__)
+
+#: Internal tile size of the COG, and the stitcher's output block.
+DEFAULT_BLOCK = 256
+
+
+def probs_path_for(path: Path) -> Path:
+    """Where ``--save-probs`` writes the probabilities next to mask ``path``."""
+    return path.with_name(f"{path.stem}.probs{path.suffix or '.tif'}")
+
+
+class _TiffPart:
+    """One tiled GTiff under a temporary name that becomes a COG on commit."""
+
+    def __init__(self, final: Path, profile: dict[str, Any], resampling: str) -> None:
+        self.final = final
+        self.resampling = resampling
+        tag = uuid.uuid4().hex[:8]
+        self.tmp = final.with_name(f".{final.name}.{tag}.part.tif")
+        self.tmp_cog = final.with_name(f".{final.name}.{tag}.cog.part.tif")
+        try:
+            self.ds = rasterio.open(self.tmp, "w", **profile)
+        except (RasterioError, OSError) as e:
+            raise SinkError(f"{final}: cannot write output ({e})") from e
+
+    def convert(self, block: int) -> None:
+        """Close the GTiff and convert it to a COG, still under a temporary name."""
+        self.ds.close()
+        try:
+            rasterio.shutil.copy(
+                self.tmp, self.tmp_cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=block,
+                OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=self.resampling, BIGTIFF="IF_SAFER",
+            )  # fmt: skip
+        except (RasterioError, OSError) as e:
+            raise SinkError(f"{self.final}: cannot write output ({e})") from e
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        """Move the finished COG to its final name (atomic on one file system)."""
+        os.replace(self.tmp_cog, self.final)
+
+    def remove(self) -> None:
+        """Close and delete the temporary files."""
+        if not self.ds.closed:
+            self.ds.close()
+        for p in (self.tmp, self.tmp_cog):
+            p.unlink(missing_ok=True)
+
+
+class CogSink(Sink):
+    """Write a uint8 label mask (and optionally uint8 probabilities x255) as COGs.
+
+    The mask copies the source's CRS, transform, width and height; nodata
+    pixels get label 255, declared as the file's nodata. Class names go into
+    the band description and tags, colours into the colour table.
+
+    Args:
+        path: the output mask.
+        shape: (rows, cols) of the scene.
+        georef: CRS and transform of the source.
+        class_names: one name per class.
+        save_probs: also write ``<stem>.probs.tif`` with one band per class.
+        block: internal tile size of the outputs.
+
+    Raises:
+        SinkError: if the output folder is missing or not writable.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        georef: MapReference,
+        class_names: Sequence[str],
+        save_probs: bool = False,
+        block: int = DEFAULT_BLOCK,
+    ) -> None:
+        self.path = Path(path)
+        self.shape = tuple(shape)
+        check_writable(self.path)
+        self.block = (block, block)
+        self.class_names = list(class_names)
+        base = dict(
+            driver="GTiff", height=shape[0], width=shape[1], tiled=True,
+            blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER",
+            crs=georef.crs, transform=Affine(*georef.transform) if georef.transform else None,
+        )  # fmt: skip
+        self._parts: list[_TiffPart] = []
+        try:
+            self._mask = self._add(self.path, dict(base, count=1, dtype="uint8", nodata=LABEL_NODATA), "NEAREST")
+            self._probs = None
+            if save_probs:
+                profile = dict(base, count=len(self.class_names), dtype="uint8", nodata=None)
+                self._probs = self._add(probs_path_for(self.path), profile, "AVERAGE")
+            self._describe()
+        except Exception:
+            self.abort()
+            raise
+        self._closed = False
+
+    @classmethod
+    def for_source(cls, path: Path, source: Source, request: SinkRequest) -> CogSink:
+        """A COG on ``source``'s map grid.
+
+        Raises:
+            ConfigError: if the source is not a 2-D map raster (write .zarr or .dcm instead),
+                or has no CRS and ``request.allow_unreferenced`` is off.
+        """
+        ref = source.reference
+        if len(source.shape) != 2 or not isinstance(ref, MapReference):
+            raise ConfigError(f"{path}: a GeoTIFF mask needs a 2-D georeferenced source; write .zarr or .dcm instead")
+        if ref.crs is None and not request.allow_unreferenced:
+            raise ConfigError(
+                f"{source.path}: has no CRS, so the mask could not be placed on a map; "
+                "pass --allow-no-crs to write a mask on the bare pixel grid"
+            )
+        return cls(path, (int(source.shape[0]), int(source.shape[1])), ref, request.class_names, request.save_probs)
+
+    def _add(self, final: Path, profile: dict[str, Any], resampling: str) -> _TiffPart:
+        part = _TiffPart(final, profile, resampling)
+        self._parts.append(part)
+        return part
+
+    def write(self, window: Window, labels: np.ndarray, probs: np.ndarray | None) -> None:
+        """Write one finished block: labels (rows, cols), probs (K, rows, cols) in [0, 1]."""
+        self._check_block(window, labels)
+        rw = rasterio.windows.Window(window.start[1], window.start[0], window.shape[1], window.shape[0])
+        self._mask.ds.write(labels[np.newaxis], window=rw)
+        if self._probs is not None and probs is not None:
+            self._probs.ds.write(np.rint(probs * 255).astype(np.uint8), window=rw)
+
+    def _describe(self) -> None:
+        names = json.dumps(self.class_names)
+        ds = self._mask.ds
+        ds.write_colormap(1, default_colormap(len(self.class_names)))
+        ds.set_band_description(1, "class")
+        ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel")
+        ds.update_tags(1, **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
+        if self._probs is not None:
+            for k, n in enumerate(self.class_names):
+                self._probs.ds.set_band_description(k + 1, f"p({n})")
+            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255")
+
+    def finalize(self) -> tuple[Path, ...]:
+        """Convert to COG and move into place; returns the mask path (and the probabilities').
+
+        Raises:
+            SinkFinalizedError: if called twice.
+            SinkError: if the conversion or rename fails (nothing is left behind).
+        """
+        self._begin_finalize()
+        try:
+            for part in self._parts:
+                part.convert(self.block[0])
+            for part in self._parts:
+                part.publish()
+        except Exception:
+            self.abort()
+            raise
+        log.info("wrote %s", self.path)
+        return tuple(part.final for part in self._parts)
+
+    def abort(self) -> None:
+        """Remove every temporary file; the final names are never touched."""
+        self._closed = True
+        for part in getattr(self, "_parts", []):
+            part.remove()

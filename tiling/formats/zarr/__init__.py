@@ -1,0 +1,70 @@
+"""Zarr v2/v3 arrays and OME-Zarr 0.4/0.5 images in, OME-Zarr (NGFF 0.4) label images out.
+
+Needs the ``medical`` extra (zarr-python 3). Nothing here imports zarr until
+a store is opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tiling.formats.base import Format
+
+if TYPE_CHECKING:
+    from tiling.formats.base import Sink, Source
+
+__all__ = ["FORMAT", "ZarrOptions"]
+
+_MARKERS = (".zgroup", ".zarray", "zarr.json")
+
+
+@dataclass(frozen=True)
+class ZarrOptions:
+    """Reader options of a Zarr store.
+
+    Attributes:
+        level: for OME-Zarr, the multiscale level (index into ``datasets``); 0 when None.
+        array: for a plain group, the array's path inside it (needed when it holds several).
+        axes: axis names of a plain array, e.g. ``("y", "x", "c")`` for interleaved RGB;
+            from the metadata when None.
+    """
+
+    level: int | None = None
+    array: str | None = None
+    axes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.axes is not None:
+            object.__setattr__(self, "axes", tuple(self.axes))
+
+
+def _sniff(path: Path) -> bool:
+    return path.suffix == ".zarr" or any((path / m).exists() for m in _MARKERS)
+
+
+def _open(path: Path, options: ZarrOptions) -> Source:
+    from tiling.formats.zarr.reader import ZarrSource
+
+    return ZarrSource(path, level=options.level, array=options.array, axes=options.axes)
+
+
+def _sink() -> type[Sink]:
+    from tiling.formats.zarr.writer import OmeZarrSink
+
+    return OmeZarrSink
+
+
+FORMAT = Format(
+    name="zarr",
+    title="Zarr",
+    sniff=_sniff,
+    open_source=_open,
+    options=ZarrOptions,
+    sink=_sink,
+    output_name="ome-zarr",
+    suffixes=(".zarr",),
+    extra="medical",
+    priority=10,
+)
