@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test lint install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# ruff (lint + format check) and mypy (strict on tiling and models); .ci/run runs it after the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_efficiency.py
 	$(PY) benchmarks/memory_vs_scene.py
 
 clean:
-	rm -rf $(VENV) tilewise-demo .pytest_cache .hypothesis
+	rm -rf $(VENV) tilewise-demo .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist

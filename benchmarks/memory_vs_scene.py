@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def child(size: int, workdir: Path, tile: int, batch: int) -> None:
     import ray
-
     import torch
-
     from _common import TreeMemorySampler, make_large_scene
+
     from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
     from pipeline.infer import infer_scene
 

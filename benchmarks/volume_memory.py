@@ -46,8 +46,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     import torch
-
     from _common import TreeMemorySampler
+
     from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
     from pipeline.infer import infer_scene
 

@@ -29,13 +29,15 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     b = coarse[r0][:, c0 + 1]
     d = coarse[r0 + 1][:, c0]
     e = coarse[r0 + 1][:, c0 + 1]
-    return (a * (1 - fr) * (1 - fc) + b * (1 - fr) * fc + d * fr * (1 - fc) + e * fr * fc).astype(np.float32)
+    out: np.ndarray = (a * (1 - fr) * (1 - fc) + b * (1 - fr) * fc + d * fr * (1 - fc) + e * fr * fc).astype(np.float32)
+    return out
 
 
 def make_scene(path: str | Path, size: int = 1024, seed: int = 0) -> Path:
     """Write a 3-band uint8 RGB scene of ``size`` x ``size`` pixels with fields,
     forest, a river and a nodata wedge (value 0, declared as nodata) in one corner,
-    as a tiled, compressed GeoTIFF in UTM 33N. Returns the path."""
+    as a tiled, compressed GeoTIFF in UTM 33N. Returns the path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

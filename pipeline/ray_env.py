@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 from ray.data import DataContext
@@ -20,7 +21,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_s
     """
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         if address:
             log.info("joining Ray cluster at %s", address)
             ray.init(address=address, **kwargs)
@@ -44,8 +45,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_s
 
 def unwrap_user_error(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
     """Find an exception of ``kinds`` inside a Ray task error chain, if any."""
-    seen = set()
-    stack = [exc]
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:

@@ -22,7 +22,7 @@ def lookup_option(value: E | str, enum: type[E], name: str) -> E:
     """
     if isinstance(value, enum):
         return value
-    choices = [m.value for m in enum]  # type: ignore[attr-defined]
+    choices = [m.value for m in enum]
     text = str(value).strip().lower()
     for member in enum:
         if member.value == text:

@@ -35,14 +35,15 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     except KeyboardInterrupt:
         click.echo(f"interrupted; nothing written at {out}", err=True)
         sys.exit(130)
-    failed = {s: r for s, r in outcome.items() if isinstance(r, Exception)}
+    failed = 0
     for src, r in outcome.items():
-        if src in failed:
+        if isinstance(r, Exception):
+            failed += 1
             click.echo(f"Error: {one_line(src, r)}", err=True)
         else:
             report(r)
     if failed:
-        raise click.ClickException(f"{len(outcome) - len(failed)} of {len(outcome)} scenes written; {len(failed)} failed")
+        raise click.ClickException(f"{len(outcome) - failed} of {len(outcome)} scenes written; {failed} failed")
 
 
 @click.command()

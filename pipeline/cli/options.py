@@ -53,7 +53,7 @@ def _csv_names(value: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in value.split(","))
 
 
-def _choice(enum: type[Enum]) -> click.Choice:
+def _choice(enum: type[Enum]) -> click.Choice[str]:
     return click.Choice([m.value for m in enum], case_sensitive=False)
 
 
@@ -118,9 +118,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--edge", "tiling", "edge", "Last tile per axis: shift inward or pad.", _choice(EdgeMode)),
     Flag("--axis", "tiling", "axis", "Volumes: segment slice by slice across this axis.", int),
     Flag(
-        "--context", "tiling", "context", "Volumes: 3 = 2.5-D (the slice and its neighbours as channels).",
-        click.Choice(["1", "3"]), int,
-    ),  # fmt: skip
+        "--context",
+        "tiling",
+        "context",
+        "Volumes: 3 = 2.5-D (the slice and its neighbours as channels).",
+        click.Choice(["1", "3"]),
+        int,
+    ),
     Flag("--batch", "inference", "batch", "Tiles per forward pass.", int),
     Flag("--actors", "inference", "actors", "Model replicas (default: one per GPU, else one).", int),
     Flag("--device", "inference", "device", "torch device (default: cuda if available, else cpu)."),
@@ -128,9 +132,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--class-names", "model", "class_names", "Comma-separated class names (K of them).", None, _csv_names),
     Flag("--backbone", "model", "backbone", "DeepLabV3 backbone.", _choice(Backbone)),
     Flag(
-        "--weights", "model", "weights", "Local torchvision/tilewise checkpoint; random init if omitted.",
+        "--weights",
+        "model",
+        "weights",
+        "Local torchvision/tilewise checkpoint; random init if omitted.",
         click.Path(dir_okay=False),
-    ),  # fmt: skip
+    ),
     Flag("--precision", "model", "precision", "Forward-pass precision.", _choice(Precision)),
     Flag("--bands", "input", "bands", "1-based bands to use, e.g. 1,2,3 (default: all).", None, _csv_ints),
     Flag("--series", "input", "series", "DICOM SeriesInstanceUID, when the folder holds several series."),
@@ -139,13 +146,19 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--address", "ray", "address", "Ray cluster to join (default: start a local Ray).", envvar="RAY_ADDRESS"),
     Flag("--num-cpus", "ray", "num_cpus", "CPUs for the local Ray (default: all).", int),
     Flag(
-        "--save-probs", None, "save_probs",
-        "Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr.", is_flag=True,
-    ),  # fmt: skip
-    Flag(
-        "--allow-no-crs", None, "allow_no_crs", "Accept a source without CRS (the mask keeps only the pixel grid).",
+        "--save-probs",
+        None,
+        "save_probs",
+        "Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr.",
         is_flag=True,
-    ),  # fmt: skip
+    ),
+    Flag(
+        "--allow-no-crs",
+        None,
+        "allow_no_crs",
+        "Accept a source without CRS (the mask keeps only the pixel grid).",
+        is_flag=True,
+    ),
     Flag("--format", None, "output_format", "Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
 )
 

@@ -21,10 +21,13 @@ from tiling.formats import SourceSpec
 
 __all__ = ["TileDatasource", "read_tiles"]
 
+#: The layout of a 2-D image: windows pass through unchanged.
+_FLAT = TileLayout()
+
 
 def read_tiles(
-    spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int, layout: TileLayout = TileLayout()
-) -> Iterator[dict]:
+    spec: SourceSpec, indices: Sequence[int], windows: Sequence[Window], rows: int, layout: TileLayout = _FLAT
+) -> Iterator[dict[str, np.ndarray]]:
     """Read ``windows`` from the source and yield batches of ``rows`` tiles.
 
     Each batch holds ``index`` (n,) int64 tile numbers, ``image`` (n, C', t, t)
@@ -41,7 +44,7 @@ def read_tiles(
                 "index": np.asarray(idx, np.int64),
                 "image": np.stack([d for d, _ in reads]),
                 "valid": valid,
-                "skip": ~valid.reshape(len(idx), -1).any(axis=1),
+                "skip": np.asarray(~valid.reshape(len(idx), -1).any(axis=1)),
             }
 
 
@@ -73,7 +76,7 @@ class TileDatasource(Datasource):
         itemsize: int,
         tiles_per_task: int,
         rows_per_block: int,
-        layout: TileLayout = TileLayout(),
+        layout: TileLayout = _FLAT,
     ) -> None:
         self.layout = layout
         self.spec = spec

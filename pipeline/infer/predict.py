@@ -44,6 +44,7 @@ class PredictUDF:
         self.predictor = Predictor(model, normalization, model_config.precision, model_config.channels_last, device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Class scores (n, K, t, t) for a batch of tiles; tiles marked ``skip`` get zeros."""
         # Ray Data may call this from another thread than __init__, and
         # OpenMP's thread count is per calling thread (Ray exports
         # OMP_NUM_THREADS=1): set it where the forward pass runs.

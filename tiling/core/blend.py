@@ -32,7 +32,8 @@ class BlendMode(str, Enum):
 @lru_cache(maxsize=8)
 def gaussian_weights(shape: tuple[int, ...]) -> np.ndarray:
     """A separable gaussian over ``shape`` (any number of axes), peak 1,
-    floored at :data:`GAUSSIAN_FLOOR`; an axis of size 1 is flat."""
+    floored at :data:`GAUSSIAN_FLOOR`; an axis of size 1 is flat.
+    """
     w = np.ones((), np.float64)
     for n in shape:
         x = np.arange(n, dtype=np.float64) - (n - 1) / 2

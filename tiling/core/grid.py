@@ -13,9 +13,9 @@ from functools import cached_property
 
 import numpy as np
 
+from tiling.core.windows import EdgeMode, Window, axis_starts, core_bounds
 from tiling.errors import ConfigError
 from tiling.options import lookup_option
-from tiling.core.windows import EdgeMode, Window, axis_starts, core_bounds
 
 __all__ = ["TileGrid"]
 
@@ -60,6 +60,7 @@ class TileGrid:
 
     @property
     def ndim(self) -> int:
+        """Number of scene axes (2 or 3)."""
         return len(self.shape)
 
     @cached_property

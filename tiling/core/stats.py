@@ -13,8 +13,10 @@ __all__ = ["BandStats", "sample_band_stats"]
 
 
 class _Sampled(Protocol):
-    shape: tuple[int, ...]
-    count: int
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def count(self) -> int: ...
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]: ...
 

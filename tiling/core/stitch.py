@@ -153,15 +153,18 @@ class Stitcher:
             if valid is not None:
                 weight = weight * valid
         for key in self._block_keys(inside):
-            if weight is not None:
+            if weight is not None and scores is not None:
                 part = intersection(inside, self._block_window(key))
                 src = part.relative_to(window).to_slices()
                 dst = part.relative_to(self._block_window(key)).to_slices()
                 w = weight[src]
                 if w.any():
                     acc = self._get(key)
-                    acc[(slice(None, self.classes), *dst)] += scores[(slice(None), *src)] * w
-                    acc[(self.classes, *dst)] += w
+                    scores_src: tuple[slice | int, ...] = (slice(None), *src)
+                    scores_at: tuple[slice | int, ...] = (slice(None, self.classes), *dst)
+                    weight_at: tuple[slice | int, ...] = (self.classes, *dst)
+                    acc[scores_at] += scores[scores_src] * w
+                    acc[weight_at] += w
             self.pending[key] -= 1
             if self.pending[key] == 0:
                 self._finish(key)

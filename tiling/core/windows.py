@@ -125,7 +125,8 @@ def clip(window: Window, shape: Sequence[int]) -> Window:
 
 def plan_count(size: int, tile: int, stride: int) -> int:
     """Number of windows along one axis: ``1`` if ``size <= tile``, else
-    ``ceil((size - tile) / stride) + 1``. Both edge modes give this count."""
+    ``ceil((size - tile) / stride) + 1``. Both edge modes give this count.
+    """
     return 1 if size <= tile else math.ceil((size - tile) / stride) + 1
 
 

@@ -196,8 +196,15 @@ def _rebuild_spec(path: str, format: str, options: Any, locator: str | None) -> 
 
 
 def spec_of(source: Source) -> SourceSpec:
-    """The spec that reopens ``source``."""
-    return SourceSpec(str(source.path), source.format, source.options)
+    """The spec that reopens ``source``, from any working directory.
+
+    Local paths become absolute: a Ray worker does not share the driver's
+    working directory. URLs (``s3://...``) are kept as they are.
+    """
+    path = str(source.path)
+    if "://" not in path:
+        path = str(Path(path).absolute())
+    return SourceSpec(path, source.format, source.options)
 
 
 def output_format(out: str | Path, requested: str | Format | None = None) -> Format:

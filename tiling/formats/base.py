@@ -65,14 +65,22 @@ class Source(Protocol):
     overruns the image (that part is padded).
     """
 
-    path: Path
-    format: str
-    options: Any
-    shape: tuple[int, ...]
-    count: int
-    dtype: np.dtype
-    block_shape: tuple[int, ...]
-    reference: Reference
+    @property
+    def path(self) -> Path: ...  # noqa: D102
+    @property
+    def format(self) -> str: ...  # noqa: D102
+    @property
+    def options(self) -> Any: ...  # noqa: D102
+    @property
+    def shape(self) -> tuple[int, ...]: ...  # noqa: D102
+    @property
+    def count(self) -> int: ...  # noqa: D102
+    @property
+    def dtype(self) -> np.dtype: ...  # noqa: D102
+    @property
+    def block_shape(self) -> tuple[int, ...]: ...  # noqa: D102
+    @property
+    def reference(self) -> Reference: ...  # noqa: D102
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Read ``window``, padded past the edge."""
@@ -82,7 +90,7 @@ class Source(Protocol):
         """Release files and caches."""
         ...
 
-    def __enter__(self) -> Source: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -92,7 +100,8 @@ def empty_read(
 ) -> tuple[np.ndarray, np.ndarray, Window | None]:
     """The start of every ``read``: zeroed data (count, *window.shape), an
     all-invalid mask, and the part of ``window`` inside an image of ``shape``
-    (None when the window lies wholly outside, so the zeros are the answer)."""
+    (None when the window lies wholly outside, so the zeros are the answer).
+    """
     data = np.zeros((count, *window.shape), dtype)
     valid = np.zeros(window.shape, bool)
     if not intersects(window, Window((0,) * len(shape), tuple(shape))):

@@ -109,10 +109,10 @@ class VolumeGeometry:
             single-frame files).
     """
 
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    orientation: tuple[float, float, float, float, float, float]
+    shape: tuple[int, ...]  # 3 sizes
+    spacing: tuple[float, ...]  # 3 sizes
+    origin: tuple[float, ...]  # 3 coordinates
+    orientation: tuple[float, ...]  # 6 cosines
     frame_of_reference_uid: str | None
     study_instance_uid: str
     series_instance_uid: str
@@ -171,10 +171,10 @@ class SlideGeometry:
         file: the file.
     """
 
-    shape: tuple[int, int]
-    tile_shape: tuple[int, int]
-    pixel_spacing: tuple[float, float]
-    origin: tuple[float, float]
+    shape: tuple[int, ...]  # 2 sizes
+    tile_shape: tuple[int, ...]  # 2 sizes
+    pixel_spacing: tuple[float, ...]  # 2 sizes
+    origin: tuple[float, ...]  # 2 offsets
     orientation: tuple[float, ...]
     frame_of_reference_uid: str | None
     study_instance_uid: str

@@ -21,10 +21,10 @@ from pydicom.uid import generate_uid
 from models import Normalization, Predictor
 from pipeline.cli import cli
 from pipeline.config import InferenceConfig, InputConfig, ModelConfig, PipelineConfig, TilingConfig
-from tiling.core import TileLayout
 from pipeline.infer import infer_scene
 from tests.conftest import SHARED
 from tiling import Window
+from tiling.core import TileLayout
 from tiling.formats.dicom.series import DicomSeriesSource
 from tiling.formats.zarr.reader import ZarrSource
 
@@ -278,6 +278,8 @@ def test_slice_that_fails_to_decode_inside_a_ray_task(ray_session, tmp_path, ct5
     ds.PixelData = ds.PixelData[:100]  # headers intact: opens fine, fails when decoded
     ds.save_as(ct5n_copy / "2062")
     out = tmp_path / "seg.dcm"
-    result = run_cli("infer", ct5n_copy, "--out", out, "--window", "soft-tissue", "--tile", 16, "--backbone", "resnet50")
+    result = run_cli(
+        "infer", ct5n_copy, "--out", out, "--window", "soft-tissue", "--tile", 16, "--backbone", "resnet50"
+    )
     assert_clean_failure(result, out, "2062")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct5n"]

@@ -78,7 +78,7 @@ def test_cores_partition_the_axis(size: int, tile: int, data) -> None:
     starts = axis_starts(size, tile, stride, data.draw(st.sampled_from(["shift", "pad"])))
     bounds = core_bounds(starts, tile, size)
     assert bounds[0][0] == 0 and bounds[-1][1] == size
-    for (lo, hi), (nlo, _), s in zip(bounds, bounds[1:] + [(size, size)], starts):
+    for (lo, hi), (nlo, _), s in zip(bounds, [*bounds[1:], (size, size)], starts):
         assert lo < hi == nlo  # contiguous, non-empty
         assert s <= lo and hi <= s + tile  # a core lies inside its window
 

@@ -136,7 +136,8 @@ class DicomMultiframeSource(SourceBase):
         names = [f"frame {i + 1}" for i in range(frames)]
         order, step = stack_order(positions, orientation, names, self.path, spacing_tolerance)
         if step is None:
-            thick = _functional_item(ds, 0, "PixelMeasuresSequence").get("SliceThickness")
+            measures = _functional_item(ds, 0, "PixelMeasuresSequence")
+            thick = measures.get("SliceThickness") if measures is not None else None
             step = float(thick) if thick else 1.0
         self._frames = [int(i) for i in order]
         self.options = DicomOptions(spacing_tolerance=spacing_tolerance)
@@ -223,7 +224,7 @@ def _slide_geometry(ds: Dataset, path: Path) -> SlideGeometry:
     return SlideGeometry(
         shape=(int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns)),
         tile_shape=(int(ds.Rows), int(ds.Columns)),
-        pixel_spacing=spacing,  # type: ignore[arg-type]
+        pixel_spacing=spacing,
         origin=origin,
         orientation=tuple(float(v) for v in ds.get("ImageOrientationSlide", ())),
         frame_of_reference_uid=ds.get("FrameOfReferenceUID"),
@@ -311,7 +312,8 @@ class DicomSlideSource(SourceBase):
                 part = intersection(inside, tile)
                 pixels = self._cache.get(frame)[part.relative_to(tile).to_slices()]
                 dst = part.relative_to(window).to_slices()
-                data[(slice(None), *dst)] = np.moveaxis(pixels, -1, 0)
+                bands_dst = (slice(None), *dst)
+                data[bands_dst] = np.moveaxis(pixels, -1, 0)
                 valid[dst] = True
         return data, valid
 

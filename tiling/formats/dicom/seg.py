@@ -122,7 +122,9 @@ class DicomSegSink(Sink):
         self.path = Path(path)
         self.geometry = geometry
         self.shape = tuple(geometry.shape)
-        self.block = tuple(1 if len(self.shape) == 3 and a == 0 else min(DEFAULT_BLOCK, n) for a, n in enumerate(self.shape))
+        self.block = tuple(
+            1 if len(self.shape) == 3 and a == 0 else min(DEFAULT_BLOCK, n) for a, n in enumerate(self.shape)
+        )
         self.class_names = list(class_names)
         self.algorithm_name = algorithm_name
         self.algorithm_version = algorithm_version or _version()
@@ -185,7 +187,7 @@ class DicomSegSink(Sink):
                     segmented_property_type=kind,
                     algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                     algorithm_identification=algorithm,
-                )  # fmt: skip
+                )
             )
         return out
 

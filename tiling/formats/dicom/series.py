@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -171,12 +171,12 @@ def _check_slices(path: Path, slices: list[_SliceHeader]) -> None:
                 f"{h.file}: is {h.size[0]}x{h.size[1]} pixels but {first.file.name} is "
                 f"{first.size[0]}x{first.size[1]}; move the odd file out of {path} or pick another series"
             )
-        if not np.allclose(h.orientation, first.orientation, atol=1e-4):
+        if not np.allclose(np.asarray(h.orientation, float), np.asarray(first.orientation, float), atol=1e-4):
             raise DicomSeriesError(
                 f"{h.file}: orientation {h.orientation} differs from {first.file.name}'s {first.orientation}; "
                 "a volume needs one orientation"
             )
-        if not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=1e-3):
+        if not np.allclose(np.asarray(h.pixel_spacing, float), np.asarray(first.pixel_spacing, float), rtol=1e-3):
             raise DicomSeriesError(
                 f"{h.file}: pixel spacing {h.pixel_spacing} differs from {first.file.name}'s {first.pixel_spacing}"
             )
@@ -220,7 +220,8 @@ class DicomSeriesSource(SourceBase):
         _check_slices(self.path, slices)
         positions = np.array([h.position for h in slices])
         names = [h.file.name for h in slices]
-        order, step = stack_order(positions, slices[0].orientation, names, self.path, spacing_tolerance)
+        orientation = cast(tuple[float, ...], slices[0].orientation)  # checked by _check_slices
+        order, step = stack_order(positions, orientation, names, self.path, spacing_tolerance)
         self._slices = [slices[i] for i in order]
         self.series_uid = self._slices[0].series_uid
         self.reference = self._geometry(step)

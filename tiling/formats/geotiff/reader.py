@@ -132,7 +132,8 @@ class GeoTiffSource(SourceBase):
             mask &= np.isfinite(block).all(axis=0)
         block[:, ~mask] = 0
         sl = inside.relative_to(window).to_slices()
-        data[(slice(None), *sl)] = block
+        bands_sl = (slice(None), *sl)
+        data[bands_sl] = block
         valid[sl] = mask
         return data, valid
 

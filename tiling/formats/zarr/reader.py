@@ -120,7 +120,10 @@ class ZarrSource(SourceBase):
         self.dtype = np.dtype(np.float32) if node.dtype.kind in "fc" else np.dtype(node.dtype)
         scale, translation = self._spatial_transforms(spatial)
         self.reference = ArrayTransform(self.axes, scale, translation, tuple(units[i] for i in spatial))
-        self.options = ZarrOptions(level=self.level, array=self.array_path, axes=self.array_axes)
+        # only axes the caller gave go into the options: axes from the metadata come with their units
+        self.options = ZarrOptions(
+            level=self.level, array=self.array_path, axes=tuple(axes) if axes is not None else None
+        )
 
     def _resolve_group(self, group: zarr.Group) -> zarr.Array:
         ms = read_multiscales(group)
@@ -134,7 +137,10 @@ class ZarrSource(SourceBase):
                     f"(paths {', '.join(self.levels)}); pass one of them"
                 )
             self.level = level
-            return group[self.levels[level]]
+            node = group.get(self.levels[level])
+            if not isinstance(node, zarr.Array):
+                raise SourceOpenError(f"{self.path}: level {level} ({self.levels[level]!r}) is missing or not an array")
+            return node
         if self.level is not None:
             raise SourceOpenError(f"{self.path}: is not an OME-Zarr multiscale image; it has no level {self.level}")
         names = sorted(group.array_keys())
@@ -156,8 +162,8 @@ class ZarrSource(SourceBase):
             names, roles, units = _axis_roles(list(axes))
         elif self.multiscales is not None and "axes" in self.multiscales:
             names, roles, units = _axis_roles(self.multiscales["axes"])
-        elif getattr(self._arr.metadata, "dimension_names", None):
-            names, roles, units = _axis_roles(list(self._arr.metadata.dimension_names))
+        elif dimension_names := getattr(self._arr.metadata, "dimension_names", None):
+            names, roles, units = _axis_roles(list(dimension_names))
         else:
             names, roles, units = _axis_roles(list(_SPATIAL[-ndim:]) if ndim in (2, 3) else ["?"] * ndim)
         n_space = roles.count("s")
@@ -212,7 +218,8 @@ class ZarrSource(SourceBase):
             mask &= np.isfinite(block).all(axis=0)
             block = np.where(mask, block, 0)
         rel = inside.relative_to(window).to_slices()
-        data[(slice(None), *rel)] = block
+        bands_rel = (slice(None), *rel)
+        data[bands_rel] = block
         valid[rel] = mask
         return data, valid
 

@@ -135,7 +135,7 @@ class OmeZarrSink(Sink):
         k = len(self.class_names)
         arr = self._create(group, "0", (k, *self.shape), (1, *self.chunks), 0)
         axes = [{"name": "c", "type": "channel"}, *self._axes_meta()]
-        transforms = [{"type": "scale", "scale": [1.0, *self.scale]}]
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [1.0, *self.scale]}]
         if self.translation is not None:
             transforms.append({"type": "translation", "translation": [0.0, *self.translation]})
         group.attrs.update({
@@ -193,7 +193,8 @@ class OmeZarrSink(Sink):
         self._labels[window.to_slices()] = labels.astype(np.uint8, copy=False)
         if self._probs is not None and probs is not None:
             scaled = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
-            self._probs[(slice(None), *window.to_slices())] = scaled
+            classes_window = (slice(None), *window.to_slices())
+            self._probs[classes_window] = scaled
 
     def _write_level1(self) -> int:
         """Add level 1 (nearest, y and x halved) chunk by chunk; returns the level count."""

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tiling.formats.dicom.series import DicomMultiframeSource, DicomSeriesSource, DicomSlideSource
-from tiling.formats.dicom.seg import ALGORITHM_NAME, DicomSegSink, segment_numbers
-from tiling.errors import ConfigError, SinkError, SinkFinalizedError
-from tiling.core.windows import Window, clip, plan_windows
 from tests.conftest import SHARED
+from tiling.core.windows import Window, clip, plan_windows
+from tiling.errors import ConfigError, SinkError, SinkFinalizedError
+from tiling.formats.dicom.seg import ALGORITHM_NAME, DicomSegSink, segment_numbers
+from tiling.formats.dicom.series import DicomMultiframeSource, DicomSeriesSource, DicomSlideSource
 
 DATA = SHARED / "dicom"
 CT5N = DATA / "series" / "pydicom_98892001_CT5N"

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, generate_uid
 
+from tests.conftest import SHARED
+from tiling.core.windows import Window
+from tiling.errors import SourceOpenError, SourceReadError, WindowError
 from tiling.formats import spec_of
 from tiling.formats.dicom.series import (
     DecoderMissingError,
@@ -24,9 +27,6 @@ from tiling.formats.dicom.series import (
     DicomSlideSource,
     open_dicom,
 )
-from tiling.errors import ConfigError, SourceOpenError, SourceReadError, WindowError
-from tiling.core.windows import Window
-from tests.conftest import SHARED
 
 DATA = SHARED / "dicom"
 CT5N = DATA / "series" / "pydicom_98892001_CT5N"
@@ -70,7 +70,7 @@ def ct5n_copy(tmp_path: Path) -> Path:
 
 
 def test_series_geometry_matches_the_headers() -> None:
-    vol, dss = _oracle_series(CT5N)
+    _vol, dss = _oracle_series(CT5N)
     with DicomSeriesSource(CT5N) as src:
         g = src.reference
         assert src.shape == (5, 16, 16) and src.count == 1 and src.dtype == np.float32

@@ -7,10 +7,10 @@ import pytest
 import rasterio
 
 from tests.conftest import write_scene
-from tiling.formats import spec_of
-from tiling import ConfigError, NotGeoreferencedWarning, SourceOpenError, Source, Window, open_source
-from tiling.formats.geotiff.reader import GeoTiffSource
+from tiling import ConfigError, NotGeoreferencedWarning, Source, SourceOpenError, Window, open_source
 from tiling.core.stats import sample_band_stats
+from tiling.formats import spec_of
+from tiling.formats.geotiff.reader import GeoTiffSource
 
 
 def test_reads_window_with_dataset_mask(rgb_byte) -> None:

@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ome_zarr_models.v04 import Image, ImageLabel
 
-from tiling.formats.base import SinkRequest
-from tiling.formats import spec_of
-from tiling.errors import SinkError, SinkFinalizedError, SourceOpenError, SourceReadError, WindowError
+from tests.conftest import SHARED
 from tiling.core.windows import Window, clip, plan_windows
+from tiling.errors import SinkError, SinkFinalizedError, SourceOpenError, SourceReadError, WindowError
+from tiling.formats import spec_of
+from tiling.formats.base import SinkRequest
 from tiling.formats.zarr.reader import ZarrSource
 from tiling.formats.zarr.writer import OmeZarrSink
-from tests.conftest import SHARED
 
 DATA = SHARED / "zarr"
 LANDSAT = DATA / "rgb_byte_landsat.ome.zarr"
@@ -218,14 +218,20 @@ def test_ome_round_trip_keeps_shape_chunks_and_scale(tmp_path: Path, store: Path
     scale0 = ms.datasets[0].coordinateTransformations[0].scale
     scale1 = ms.datasets[1].coordinateTransformations[0].scale
     assert scale0 == pytest.approx(src.reference.scale)
-    assert scale1 == pytest.approx([*src.reference.scale[:-2], src.reference.scale[-2] * 2, src.reference.scale[-1] * 2])
+    assert scale1 == pytest.approx(
+        [*src.reference.scale[:-2], src.reference.scale[-2] * 2, src.reference.scale[-1] * 2]
+    )
     attrs = dict(group.attrs)
     assert attrs["tilewise"] == {"class_names": ["low", "high"], "nodata": 255}
     properties = {p["label-value"]: p["class"] for p in attrs["image-label"]["properties"]}
     assert properties == {0: "low", 1: "high", 255: "nodata"}
 
     with ZarrSource(out) as again:  # and our own reader agrees
-        assert again.shape == src.shape and again.reference.scale == pytest.approx(src.reference.scale) and again.reference.units == src.reference.units
+        assert (
+            again.shape == src.shape
+            and again.reference.scale == pytest.approx(src.reference.scale)
+            and again.reference.units == src.reference.units
+        )
         np.testing.assert_array_equal(again.read(Window((0,) * len(src.shape), src.shape))[0][0], labels)
 
 
