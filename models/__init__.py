@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from models.deeplab import Backbone, adapt_first_conv, build_model, first_conv, load_state_dict
 from models.errors import BandCountError, ModelError, WeightsError
-from models.predictor import Normalization, Precision, Predictor, check_bands, resolve_device
+from models.precision import Precision, cpu_has_native_bf16, resolve_precision
+from models.predictor import Normalization, Predictor, check_bands, resolve_device
 
 __all__ = [
     "Backbone",
@@ -17,7 +18,9 @@ __all__ = [
     "adapt_first_conv",
     "build_model",
     "check_bands",
+    "cpu_has_native_bf16",
     "first_conv",
     "load_state_dict",
     "resolve_device",
+    "resolve_precision",
 ]

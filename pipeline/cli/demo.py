@@ -19,7 +19,7 @@ __all__ = ["demo"]
     help="Where the sample scene and mask go.",
 )  # fmt: skip
 @click.option("--size", type=int, default=1024, show_default=True, help="Side of the generated scene in pixels.")
-@config_options
+@config_options()
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def demo(workdir: Path, size: int, progress: bool, **values: Any) -> None:
     """Generate a sample scene and segment it on an embedded Ray, with built-in defaults."""

@@ -10,6 +10,7 @@ import click
 
 from pipeline.cli.common import one_line, report
 from pipeline.cli.options import build_config, config_options
+from pipeline.config import PipelineConfig
 
 __all__ = ["infer", "run_infer"]
 
@@ -23,7 +24,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     from pipeline.infer import USER_ERRORS, infer_many, infer_scene
 
     try:
-        cfg = build_config(values).validate()
+        cfg: PipelineConfig = build_config(values).validate()
         if len(sources) == 1:
             report(infer_scene(sources[0], out, cfg, progress=progress))
             return
@@ -52,7 +53,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     "--out", "-o", type=click.Path(path_type=Path), required=True,
     help="Output mask; a folder when several SRC are given.",
 )  # fmt: skip
-@config_options
+@config_options()
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def infer(src: tuple[Path, ...], out: Path, progress: bool, **values: Any) -> None:
     """Segment SRC into a mask at OUT.

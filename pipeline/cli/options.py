@@ -4,6 +4,10 @@ A :class:`Flag` names the config field it sets (``tiling.tile``). Its click
 option takes that field's default, so :mod:`pipeline.config` stays the one
 source of truth, and :func:`build_config` turns the parsed values back into a
 :class:`~pipeline.config.PipelineConfig` by keyword.
+
+Another command with its own config tree (training, say) declares its own
+``schema`` (section name -> dataclass, ``None`` for the root) and flags, and
+uses the same :func:`config_options` and :func:`build_config`.
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from pipeline.config import (
 )
 from tiling.core import BlendMode, EdgeMode
 
-__all__ = ["FLAGS", "Flag", "build_config", "config_options"]
+__all__ = ["FLAGS", "SECTIONS", "Flag", "build_config", "config_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Config sections by the name a flag uses; None is PipelineConfig itself.
-SECTIONS: dict[str | None, type] = {
+#: Config sections of inference by the name a flag uses; None is PipelineConfig itself.
+SECTIONS: Mapping[str | None, type] = {
     "tiling": TilingConfig,
     "model": ModelConfig,
     "inference": InferenceConfig,
@@ -81,10 +85,9 @@ class Flag:
     is_flag: bool = False
     envvar: str | None = None
 
-    @property
-    def default(self) -> Any:
-        """The field's default in the config dataclass."""
-        f = {f.name: f for f in dataclasses.fields(SECTIONS[self.section])}[self.field]
+    def default(self, schema: Mapping[str | None, type] = SECTIONS) -> Any:
+        """The field's default in its config dataclass, as the flag shows it (enums by value)."""
+        f = {f.name: f for f in dataclasses.fields(schema[self.section])}[self.field]
         if f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -98,9 +101,9 @@ class Flag:
         """The keyword click passes the value under."""
         return f"{self.section or 'run'}__{self.field}"
 
-    def option(self) -> Callable[[F], F]:
-        """The click option decorator."""
-        default = self.default
+    def option(self, schema: Mapping[str | None, type] = SECTIONS) -> Callable[[F], F]:
+        """The click option decorator, its default read from ``schema``."""
+        default = self.default(schema)
         kwargs: dict[str, Any] = {"help": self.help, "envvar": self.envvar}
         if self.is_flag:
             kwargs.update(is_flag=True, default=bool(default))
@@ -163,19 +166,26 @@ FLAGS: tuple[Flag, ...] = (
 )
 
 
-def config_options(f: F) -> F:
-    """Decorate a command with every flag of :data:`FLAGS`."""
-    for flag in reversed(FLAGS):
-        f = flag.option()(f)
-    return f
+def config_options(flags: Sequence[Flag] = FLAGS, schema: Mapping[str | None, type] = SECTIONS) -> Callable[[F], F]:
+    """A decorator adding every flag of ``flags`` to a command, defaults read from ``schema``."""
+
+    def decorate(f: F) -> F:
+        for flag in reversed(flags):
+            f = flag.option(schema)(f)
+        return f
+
+    return decorate
 
 
-def build_config(values: Mapping[str, Any], flags: Sequence[Flag] = FLAGS) -> PipelineConfig:
+def build_config(
+    values: Mapping[str, Any], flags: Sequence[Flag] = FLAGS, schema: Mapping[str | None, type] = SECTIONS
+) -> Any:
     """The config the parsed flag ``values`` (keyed by :attr:`Flag.dest`) describe, built by keyword.
 
     Values that click did not parse (absent keys) keep the config's defaults.
+    Returns an instance of ``schema[None]`` (a :class:`PipelineConfig` by default).
     """
-    sections: dict[str | None, dict[str, Any]] = {name: {} for name in SECTIONS}
+    sections: dict[str | None, dict[str, Any]] = {name: {} for name in schema}
     for flag in flags:
         if flag.dest not in values:
             continue
@@ -184,5 +194,5 @@ def build_config(values: Mapping[str, Any], flags: Sequence[Flag] = FLAGS) -> Pi
             value = flag.convert(value)
         sections[flag.section][flag.field] = value
     top = sections.pop(None)
-    parts = {name: SECTIONS[name](**kw) for name, kw in sections.items() if name is not None}
-    return PipelineConfig(**parts, **top)
+    parts = {name: schema[name](**kw) for name, kw in sections.items() if name is not None}
+    return schema[None](**parts, **top)

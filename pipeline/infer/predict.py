@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models import Normalization, Predictor, build_model
+from models import Normalization, Precision, Predictor, build_model
 from pipeline.config import ModelConfig
 
 __all__ = ["PredictUDF"]
@@ -38,10 +38,10 @@ class PredictUDF:
         if model is None:
             model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
         self.classes = model_config.classes
+        self.predictor = Predictor(model, normalization, model_config.precision, model_config.channels_last, device)
         # Scores cross the object store; below fp32 the model has no more
         # precision than float16 carries, so halve the bytes.
-        self.dtype = np.float32 if str(model_config.precision) == "fp32" else np.float16
-        self.predictor = Predictor(model, normalization, model_config.precision, model_config.channels_last, device)
+        self.dtype = np.float32 if self.predictor.precision is Precision.FP32 else np.float16
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Class scores (n, K, t, t) for a batch of tiles; tiles marked ``skip`` get zeros."""
