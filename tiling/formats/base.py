@@ -11,6 +11,9 @@ this module and never on each other.
 from __future__ import annotations
 
 import os
+import re
+import socket
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ __all__ = [
     "SourceBase",
     "check_writable",
     "empty_read",
+    "sink_error",
+    "stale_temp_files",
+    "temp_name",
 ]
 
 
@@ -146,6 +152,66 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise SinkError(f"{path}: cannot write output, a folder of that name exists")
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def sink_error(path: Path, e: BaseException, doing: str = "writing") -> SinkError:
+    """One line for an I/O failure while writing ``path``; a full disk says so and what to do.
+
+    GDAL, zarr and the OS report a full disk in different words (ENOSPC,
+    "No space left on device", "Free disk space available is ..."); all of
+    them become the same message.
+    """
+    text = " ".join(str(e).split()) or type(e).__name__
+    errno = getattr(e, "errno", None)
+    if errno == 28 or "no space left" in text.lower() or "free disk space" in text.lower():
+        return SinkError(
+            f"{path}: no space left on the device while {doing} it; free some space or choose another --out"
+        )
+    if errno == 27 or "file too large" in text.lower():
+        return SinkError(f"{path}: the file grew past the size this file system or process allows while {doing} it")
+    return SinkError(f"{path}: cannot write output ({text})")
+
+
+def temp_name(final: Path, suffix: str) -> Path:
+    """A hidden sibling of ``final`` for work in progress: ``.<name>.<host>-<pid>-<random><suffix>``.
+
+    The host and process id in the name let a later run tell the leftovers of
+    a killed run (its process is gone) from the work of a live one
+    (:func:`stale_temp_files`).
+    """
+    return final.with_name(f".{final.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def stale_temp_files(final: Path) -> list[Path]:
+    """The temporary files and folders of ``final`` left by runs on this host whose process is gone.
+
+    Only names made by :func:`temp_name` match, so nothing a user made is
+    ever listed.
+    """
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{re.escape(_host())}-(\d+)-[0-9a-f]{{8}}\.")
+    stale: list[Path] = []
+    parent = final.parent
+    if not parent.is_dir():
+        return stale
+    for entry in parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            stale.append(entry)
+    return sorted(stale)
+
+
 @dataclass(frozen=True)
 class SinkRequest:
     """What a run asks of a sink, whatever the format.
@@ -179,6 +245,15 @@ class Sink(ABC):
     shape: tuple[int, ...]
     block: tuple[int, ...]
     _closed: bool = False
+
+    @classmethod
+    def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:
+        """Every path :meth:`finalize` would publish for a mask at ``path``, mask first.
+
+        A run checks all of them before any work (none may be an input, an
+        output of another scene, or a file tilewise did not write).
+        """
+        return (path,)
 
     @classmethod
     @abstractmethod
@@ -255,6 +330,8 @@ class Format:
         suffixes: output suffixes that select this sink (``.tif``), lower case.
         extra: the pip extra that installs this format's libraries, if any.
         priority: lower sniffs first; a catch-all format (GDAL) goes last.
+        owns: whether an existing path is a mask this format's sink wrote
+            (it carries tilewise's mark); ``--overwrite`` replaces nothing else.
     """
 
     name: str
@@ -267,6 +344,7 @@ class Format:
     suffixes: tuple[str, ...] = ()
     extra: str | None = None
     priority: int = 50
+    owns: Callable[[Path], bool] | None = None
 
     @property
     def writes(self) -> str:

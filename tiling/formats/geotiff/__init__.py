@@ -43,6 +43,19 @@ def _open(path: Path, options: GeoTiffOptions) -> Source:
     return GeoTiffSource(path, bands=options.bands)
 
 
+def _owns(path: Path) -> bool:
+    """A GeoTIFF carrying tilewise's mark (the ``TILEWISE`` tag; masks of 0.1 have ``CLASS_NAMES``)."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as ds:
+            tags = ds.tags()
+    except (RasterioError, OSError):
+        return False
+    return "TILEWISE" in tags or ("CLASS_NAMES" in tags and "NODATA_MEANING" in tags)
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.geotiff.writer import CogSink
 
@@ -59,4 +72,5 @@ FORMAT = Format(
     output_name="cog",
     suffixes=(".tif", ".tiff"),
     priority=100,
+    owns=_owns,
 )

@@ -50,6 +50,22 @@ def _open(path: Path, options: ZarrOptions) -> Source:
     return ZarrSource(path, level=options.level, array=options.array, axes=options.axes)
 
 
+def _owns(path: Path) -> bool:
+    """A Zarr store whose root attributes carry tilewise's ``tilewise`` entry (v2 ``.zattrs`` or v3 ``zarr.json``)."""
+    import json
+
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            attrs = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if key is not None:
+            attrs = attrs.get(key, {}) if isinstance(attrs, dict) else {}
+        if isinstance(attrs, dict) and "tilewise" in attrs:
+            return True
+    return False
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.zarr.writer import OmeZarrSink
 
@@ -67,4 +83,5 @@ FORMAT = Format(
     suffixes=(".zarr",),
     extra="medical",
     priority=10,
+    owns=_owns,
 )
