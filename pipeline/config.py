@@ -126,11 +126,21 @@ class InferenceConfig:
     batch: int = 8  # tiles per forward pass
     actors: int | None = None  # model replicas; None = one per GPU, or one on CPU
     device: str | None = None  # None = cuda when available
-    tiles_per_task: int | None = None  # tiles per Ray read task; None = 4 batches
+    # Bytes of tiles per Ray read task: amortises opening the source, still
+    # spreads one scene over many tasks (a whole number of batches per task).
+    task_mb: int = 64
     # Cap on Ray Data's object-store use for tiles in flight: without it, reads
     # run ahead of the model and queue up to 30% of RAM, so memory would grow
     # with the scene until that cap. 256 MiB keeps a few batches per operator.
     inflight_mb: int = 256
+    # A model actor that dies (out of memory, a crashing decoder) is restarted
+    # this many times, then the run ends naming the tiles left; Ray's default
+    # of unlimited restarts turns a reproducible crash into a run that never ends.
+    max_restarts: int = 3
+    # Seconds without a finished tile before the run ends saying where it
+    # stood; 0 waits forever. A 512 px ResNet-101 batch takes well under a
+    # minute even on a small CPU, so 10 minutes means something is stuck.
+    stall_timeout: float = 600.0
 
     def validate(self) -> InferenceConfig:
         """Check the values.
@@ -138,10 +148,16 @@ class InferenceConfig:
         Raises:
             ConfigError: naming the first invalid field.
         """
-        for name in ("batch", "actors", "tiles_per_task", "inflight_mb"):
+        for name in ("batch", "actors", "task_mb", "inflight_mb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts: must be 0 or more, got {self.max_restarts!r}")
+        if not (isinstance(self.stall_timeout, (int, float)) and self.stall_timeout >= 0):
+            raise ConfigError(
+                f"stall_timeout: must be 0 (wait forever) or a number of seconds, got {self.stall_timeout!r}"
+            )
         return self
 
 
@@ -168,6 +184,7 @@ class PipelineConfig:
     input: InputConfig = field(default_factory=InputConfig)
     save_probs: bool = False
     allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
+    overwrite: bool = False  # replace existing masks, and only those tilewise wrote
     output_format: str | None = None  # a format's --format name (cog, ome-zarr, dicom-seg); None = from --out
 
     def validate(self) -> PipelineConfig:

@@ -38,7 +38,10 @@ def ray_session():
     """One local Ray with 2 CPUs for every test that needs it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.ray_env import ensure_ray
+
+    # the same start-up the CLI uses (it may already have begun in the background)
+    ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

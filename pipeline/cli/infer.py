@@ -22,8 +22,12 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     other scenes still finish.
     """
     from pipeline.infer import USER_ERRORS, infer_many, infer_scene
+    from pipeline.ray_env import start_ray
 
     try:
+        # Ray starts in the background while the sources are opened and checked
+        ray_options = {k: values.get(f"ray__{k}") for k in ("address", "num_cpus")}
+        start_ray(ray_options["address"], ray_options["num_cpus"])
         cfg: PipelineConfig = build_config(values).validate()
         if len(sources) == 1:
             report(infer_scene(sources[0], out, cfg, progress=progress))

@@ -130,6 +130,20 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("--batch", "inference", "batch", "Tiles per forward pass.", int),
     Flag("--actors", "inference", "actors", "Model replicas (default: one per GPU, else one).", int),
+    Flag(
+        "--max-restarts",
+        "inference",
+        "max_restarts",
+        "Restarts of a model actor that died (out of memory, a crash) before the run ends.",
+        int,
+    ),
+    Flag(
+        "--stall-timeout",
+        "inference",
+        "stall_timeout",
+        "Seconds without a finished tile before the run ends saying where it stood (0: wait forever).",
+        float,
+    ),
     Flag("--device", "inference", "device", "torch device (default: cuda if available, else cpu)."),
     Flag("--classes", "model", "classes", "Number of output classes K.", int),
     Flag("--class-names", "model", "class_names", "Comma-separated class names (K of them).", None, _csv_names),
@@ -163,6 +177,13 @@ FLAGS: tuple[Flag, ...] = (
         is_flag=True,
     ),
     Flag("--format", None, "output_format", "Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+    Flag(
+        "--overwrite",
+        None,
+        "overwrite",
+        "Replace existing masks; only masks tilewise wrote are ever replaced.",
+        is_flag=True,
+    ),
 )
 
 

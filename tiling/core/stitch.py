@@ -17,7 +17,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,12 +36,47 @@ from tiling.core.windows import Window, clip, intersection
 from tiling.errors import TilingError
 from tiling.options import lookup_option
 
-__all__ = ["DEFAULT_MAX_OPEN_BYTES", "BlockWriter", "Stitcher", "class_argmax", "finish_block"]
+__all__ = [
+    "DEFAULT_MAX_OPEN_BYTES",
+    "BlockWriter",
+    "Stitcher",
+    "class_argmax",
+    "finish_block",
+    "remove_stale_spill_dirs",
+]
 
 log = logging.getLogger(__name__)
 
 #: Default cap on accumulator memory before spilling to disk.
 DEFAULT_MAX_OPEN_BYTES = 128 * 2**20
+#: Spill folders are ``<tmp>/tilewise-spill-<host>-<pid>-<random>``.
+SPILL_PREFIX = "tilewise-spill-"
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def remove_stale_spill_dirs(tmp: str | Path | None = None) -> list[Path]:
+    """Remove spill folders that killed runs on this host left in the temp dir; returns them.
+
+    A folder counts as stale only if its name is this module's pattern and
+    the process named in it is gone.
+    """
+    pattern = re.compile(rf"^{SPILL_PREFIX}{re.escape(_HOST)}-(\d+)-")
+    removed = []
+    folder = Path(tmp or tempfile.gettempdir())
+    for entry in folder.glob(f"{SPILL_PREFIX}*"):
+        m = pattern.match(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 class BlockWriter(Protocol):
@@ -120,6 +158,13 @@ class Stitcher:
         """Whether every planned tile has been added."""
         return bool(self._seen.all())
 
+    @property
+    def seen(self) -> np.ndarray:
+        """(tiles,) bool: which planned tiles have been added (a read-only view)."""
+        view = self._seen.view()
+        view.setflags(write=False)
+        return view
+
     def add(self, index: int, scores: np.ndarray | None, valid: np.ndarray | None = None) -> None:
         """Add tile ``index``'s class scores.
 
@@ -197,7 +242,8 @@ class Stitcher:
         while self._open_bytes > self.max_open_bytes and len(self._open) > 1:
             key, acc = self._open.popitem(last=False)
             if self._spill_dir is None:
-                self._spill_dir = Path(tempfile.mkdtemp(prefix="tilewise-spill-"))
+                remove_stale_spill_dirs()
+                self._spill_dir = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{_HOST}-{os.getpid()}-"))
                 log.info("stitch accumulators exceed %d bytes; spilling to %s", self.max_open_bytes, self._spill_dir)
             np.save(self._spill_path(key), acc)
             self._spilled.add(key)
@@ -218,6 +264,15 @@ class Stitcher:
         labels, probs = finish_block(acc, self.classes, window.shape, self.keep_probs)
         self.writer.write(window, labels, probs)
         self.blocks_written += 1
+
+    def discard(self) -> None:
+        """Drop every accumulator and remove spill files (a run that failed or was interrupted)."""
+        self._open.clear()
+        self._open_bytes = 0
+        self._spilled.clear()
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
 
     def close(self) -> None:
         """Check that every block was written and remove spill files.
