@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray.data import DataContext
 
-__all__ = ["ensure_ray", "start_ray", "started_here", "unwrap_user_error"]
+__all__ = ["ensure_ray", "shutdown", "start_ray", "started_here", "unwrap_user_error"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,9 @@ _started_here = False
 
 def _init(address: str | None, num_cpus: int | None, object_store_mb: int | None) -> None:
     global _started_here
+    # Ray's C++ logging catches SIGTERM to print a stack dump and then aborts the
+    # process (status 134) after tilewise has cleaned up; tilewise handles SIGTERM itself.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     if address:
         log.info("joining Ray cluster at %s", address)
@@ -81,6 +84,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, object_s
 def started_here() -> bool:
     """Whether this process started the Ray it uses (rather than joining a cluster or a caller's Ray)."""
     return _started_here and ray.is_initialized()
+
+
+def shutdown() -> None:
+    """Stop the Ray this process started, killing every actor and task of it (a stuck run included).
+
+    A later :func:`ensure_ray` starts a fresh one. Does nothing to a joined cluster.
+    """
+    global _starting, _started_here
+    with _lock:
+        if _started_here and ray.is_initialized():
+            ray.shutdown()
+        _starting = None
+        _started_here = False
 
 
 def _configure_data() -> None:

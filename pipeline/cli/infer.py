@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -12,7 +15,20 @@ from pipeline.cli.common import one_line, report
 from pipeline.cli.options import build_config, config_options
 from pipeline.config import PipelineConfig
 
-__all__ = ["infer", "run_infer"]
+__all__ = ["Terminated", "infer", "run_infer"]
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so every sink aborts and nothing is left half-written."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], progress: bool) -> None:
@@ -24,6 +40,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     from pipeline.infer import USER_ERRORS, infer_many, infer_scene
     from pipeline.ray_env import start_ray
 
+    _catch_sigterm()
     try:
         # Ray starts in the background while the sources are opened and checked
         ray_options = {k: values.get(f"ray__{k}") for k in ("address", "num_cpus")}
@@ -40,6 +57,9 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     except KeyboardInterrupt:
         click.echo(f"interrupted; nothing written at {out}", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo(f"terminated; nothing written at {out}", err=True)
+        sys.exit(143)
     failed = 0
     for src, r in outcome.items():
         if isinstance(r, Exception):

@@ -9,8 +9,11 @@ windows from the tile grid, so the plan is never materialised.
 
 Every tile carries its scene's normalisation (``mean``, ``std``), so the
 model actors hold no per-scene state. A scene that cannot be read does not
-stop the run: its task emits one error block (``scene``, ``error``,
-``internal``) and stops.
+stop the run: its task emits one error row and stops.
+
+Ray Data may bundle blocks of several tasks (and scenes) into one model
+batch, so every block has the same columns and dtypes: images in the run's
+one wire dtype, and an ``error`` column that is empty for tiles.
 """
 
 from __future__ import annotations
@@ -59,6 +62,23 @@ class SceneTiles:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     tile_bytes: int
+    dtype: str = "float32"  # the run's wire dtype: every scene's pixels fit it
+    channels: int = 1
+
+    def error_row(self, message: str, internal: bool) -> dict[str, np.ndarray]:
+        """One row that stands for this scene's failure, with the columns of a tile."""
+        shape = (1, self.channels, *self.grid.tile_shape_2d)
+        return {
+            "scene": np.array([self.scene], np.int32),
+            "index": np.array([-1], np.int64),
+            "image": np.zeros(shape, self.dtype),
+            "valid": np.zeros((1, *self.grid.tile_shape_2d), bool),
+            "skip": np.array([True]),
+            "mean": np.zeros((1, self.channels), np.float32),
+            "std": np.ones((1, self.channels), np.float32),
+            "error": np.array([message], dtype=object),
+            "internal": np.array([internal]),
+        }
 
 
 def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
@@ -68,10 +88,11 @@ def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[
     ``image`` (n, C', t, t) in the source dtype (float32 after intensity
     windowing), ``valid`` (n, t, t) bool, ``skip`` (n,) bool for tiles
     without a single valid pixel (the model does not run on them), and
-    ``mean``/``std`` (n, C') float32.
+    ``mean``/``std`` (n, C') float32, ``error`` (n,) str (empty) and
+    ``internal`` (n,) bool.
 
-    A failure yields one batch ``{"scene", "error", "internal"}`` instead and
-    ends the task: the scene fails, the run goes on.
+    A failure yields one row whose ``error`` says why (index -1, skipped)
+    and ends the task: the scene fails, the run goes on.
     """
     try:
         with tiles.spec.open() as source:
@@ -85,11 +106,13 @@ def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[
                 yield {
                     "scene": np.full(n, tiles.scene, np.int32),
                     "index": idx,
-                    "image": np.stack([d for d, _ in reads]),
+                    "image": np.stack([d for d, _ in reads]).astype(tiles.dtype, copy=False),
                     "valid": valid,
                     "skip": np.asarray(~valid.reshape(n, -1).any(axis=1)),
                     "mean": np.broadcast_to(mean, (n, len(mean))).copy(),
                     "std": np.broadcast_to(std, (n, len(std))).copy(),
+                    "error": np.full(n, "", dtype=object),
+                    "internal": np.zeros(n, bool),
                 }
     except Exception as e:  # the scene fails; other scenes go on
         internal = not isinstance(e, TilingError)
@@ -98,11 +121,7 @@ def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[
         message = " ".join(str(e).split()) or type(e).__name__
         if internal:
             message = f"{type(e).__name__}: {message}"
-        yield {
-            "scene": np.array([tiles.scene], np.int32),
-            "error": np.array([message]),
-            "internal": np.array([internal]),
-        }
+        yield tiles.error_row(message, internal)
 
 
 def _read_blocks(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[Block]:

@@ -21,8 +21,10 @@ import math
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from pipeline.config import PipelineConfig
 from pipeline.infer.datasource import SceneTiles, TileDatasource
 from pipeline.infer.plan import ScenePlan
 from pipeline.infer.predict import PredictUDF
-from pipeline.ray_env import ensure_ray
+from pipeline.ray_env import ensure_ray, shutdown, started_here
 from tiling.core import Stitcher
 from tiling.errors import ConfigError, TilingError
 from tiling.formats.base import Sink
@@ -231,18 +233,34 @@ def _is_actor_death(e: BaseException) -> bool:
 def _dataset(plans: Sequence[ScenePlan], cfg: PipelineConfig, model: torch.nn.Module | None, device: str) -> Any:
     actors, actor_args, read_args, threads = _resources(cfg, device)
     channels = plans[0].channels
+    wire = np.result_type(*(p.dtype for p in plans)).name  # every scene's pixels fit it
     scenes = [
-        SceneTiles(p.scene, p.spec, p.grid, p.layout, p.normalization.mean, p.normalization.std, p.tile_bytes)
+        SceneTiles(
+            p.scene, p.spec, p.grid, p.layout, p.normalization.mean, p.normalization.std, p.tile_bytes, wire, channels
+        )
         for p in plans
     ]
     source = TileDatasource(scenes, cfg.inference.batch, cfg.inference.task_mb * 2**20)
     blocks = sum(math.ceil(len(s.grid) / source.tiles_per_task(s)) for s in scenes)
     restarts = cfg.inference.max_restarts
-    return ray.data.read_datasource(source, override_num_blocks=blocks, **read_args).map_batches(
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates every way to bound an actor pool's restarts (ray_remote_args and
+        # ray_remote_args_fn) without a replacement yet; the default is to restart forever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return _map(ray.data.read_datasource(source, override_num_blocks=blocks, **read_args), cfg, model, device,
+                    channels, actors, actor_args, threads, restarts)  # fmt: skip
+
+
+def _map(
+    ds: Any, cfg: PipelineConfig, model: torch.nn.Module | None, device: str, channels: int, actors: int,
+    actor_args: dict[str, Any], threads: int, restarts: int,
+) -> Any:  # fmt: skip
+    return ds.map_batches(
         PredictUDF,
         fn_constructor_kwargs=dict(model=model, model_config=cfg.model, bands=channels, device=device, threads=threads),
-        batch_size=None, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy",
-        max_restarts=restarts, max_task_retries=restarts, **actor_args,
+        batch_size=cfg.inference.batch, compute=ray.data.ActorPoolStrategy(size=actors), batch_format="numpy",
+        # bounded, where Ray Data's default restarts a dying actor forever
+        ray_remote_args_fn=partial(dict, max_restarts=restarts, max_task_retries=restarts), **actor_args,
     )  # fmt: skip
 
 
@@ -263,8 +281,17 @@ def run_plans(
     if not plans:
         return {}
     ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)
-    options = ray.data.DataContext.get_current().execution_options
+    ctx = ray.data.DataContext.get_current()
+    options = ctx.execution_options
     options.resource_limits = options.resource_limits.copy(object_store_memory=cfg.inference.inflight_mb * 2**20)
+    # Ray Data merges what a task yields into blocks of up to 128 MiB, so a read task's tiles,
+    # and the scores made of them, would reach the stitcher all at once at the task's end.
+    # Blocks of about one model batch keep tiles streaming (and the stitcher's frontier small).
+    classes = len(plans[0].request.class_names)
+    batch_bytes = cfg.inference.batch * max(
+        max(p.tile_bytes, classes * 4 * int(np.prod(p.grid.tile_shape))) for p in plans
+    )
+    ctx.target_max_block_size = max(2**16, batch_bytes)
     device = str(cfg.inference.device or ("cuda" if ray.cluster_resources().get("GPU") else "cpu"))
     scenes = {p.scene: _Scene(p, str(cfg.tiling.blend)) for p in plans}
     done_tiles = 0
@@ -278,12 +305,15 @@ def run_plans(
     try:
         with tqdm(total=total, unit="tile", desc=label, disable=not progress, smoothing=0.1) as bar:
             for batch in _batches(ds, cfg.inference.stall_timeout, where):
-                done_tiles += _route(batch, scenes, t0)
-                bar.update(len(batch["scene"]) if "error" not in batch else 0)
+                tiles = _route(batch, scenes, t0)
+                done_tiles += tiles
+                bar.update(tiles)
     except BaseException as e:
         for s in scenes.values():
             if not s.closed:
                 s.abort()
+        if isinstance(e, PipelineStalledError) and started_here():
+            shutdown()  # the stuck actors and tasks go with the Ray this run started
         if _is_actor_death(e) and not isinstance(e, TilingError):
             raise WorkerDiedError(
                 f"the model actor died {cfg.inference.max_restarts + 1} times (out of memory, or a crash in the "
@@ -299,24 +329,34 @@ def run_plans(
 
 
 def _route(batch: dict[str, np.ndarray], scenes: dict[int, _Scene], t0: float) -> int:
-    """Hand a batch to its scene; returns the tiles it held."""
-    scene = scenes[int(batch["scene"][0])]
-    if "error" in batch:
+    """Hand each scene its rows of a batch (a batch may span scenes); returns the tiles it held."""
+    order = batch["scene"]
+    tiles = 0
+    for number in dict.fromkeys(int(x) for x in order):  # scenes in order of appearance
+        rows = np.flatnonzero(order == number)
+        tiles += _route_scene(scenes[number], {k: v[rows] for k, v in batch.items()}, t0)
+    return tiles
+
+
+def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
+    errors = np.flatnonzero(rows["error"] != "")
+    if errors.size:
         if scene.failure is None and scene.output is None:
             scene.abort()
-            internal = bool(batch["internal"][0])
-            scene.failure = SceneFailure(TilingError(str(batch["error"][0])), internal)
-        return 0
-    if scene.failure is not None:
-        return len(batch["index"])  # its remaining tiles arrive after it failed
+            first = int(errors[0])
+            scene.failure = SceneFailure(TilingError(str(rows["error"][first])), bool(rows["internal"][first]))
+        keep = rows["error"] == ""
+        rows = {k: v[keep] for k, v in rows.items()}
+    if scene.failure is not None or not len(rows["index"]):
+        return len(rows["index"])  # tiles of a scene that already failed
     try:
         if scene.sink is None or scene.stitcher is None:
             sink, stitcher = scene.open()
         else:
             sink, stitcher = scene.sink, scene.stitcher
-        scores, valid = scene.plan.layout.restore(batch["scores"], batch["valid"])
-        for i, index in enumerate(batch["index"]):
-            stitcher.add(int(index), None if batch["skip"][i] else scores[i], valid[i])
+        scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
+        for i, index in enumerate(rows["index"]):
+            stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
         if stitcher.done:
             stitcher.close()
             published = sink.finalize()
@@ -329,4 +369,4 @@ def _route(batch: dict[str, np.ndarray], scenes: dict[int, _Scene], t0: float) -
     except TilingError as e:
         scene.abort()
         scene.failure = SceneFailure(e)
-    return len(batch["index"])
+    return len(rows["index"])

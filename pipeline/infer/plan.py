@@ -46,6 +46,7 @@ class ScenePlan:
         layout: how a window becomes a 2-D model input and back.
         channels: model input channels.
         itemsize: bytes per pixel per band of the source's dtype.
+        dtype: the dtype the model input is read in (after intensity windowing).
         normalization: per-channel mean and std the model input is normalised with.
     """
 
@@ -61,6 +62,7 @@ class ScenePlan:
     channels: int
     itemsize: int
     normalization: Normalization
+    dtype: str = "float32"
 
     @property
     def tile_bytes(self) -> int:
@@ -120,6 +122,7 @@ def plan_scene(
             output_format=fmt.name, request=request, grid=grid, layout=layout,
             channels=layout.channels(source.count), itemsize=source.dtype.itemsize,
             normalization=normalization or _normalization(source, layout),
+            dtype="float32" if layout.intensity is not None else source.dtype.name,
         )  # fmt: skip
 
 

@@ -1,8 +1,9 @@
 """The Ray Data UDF that runs the model: one instance per actor, model loaded once, no per-scene state.
 
 Each batch carries its own normalisation (``mean``/``std`` per tile), so one
-pool of actors serves every scene of a run. Error blocks from the read side
-pass through untouched.
+pool of actors serves every scene of a run, and a batch may hold tiles of
+several scenes. Rows that stand for a failed read (``error`` set) are
+skipped and passed through.
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ class PredictUDF:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Class scores (n, K, t, t) for a batch of tiles; tiles marked ``skip`` get zeros."""
-        if "error" in batch:
-            return batch
         # Ray Data may call this from another thread than __init__, and
         # OpenMP's thread count is per calling thread (Ray exports
         # OMP_NUM_THREADS=1): set it where the forward pass runs.
@@ -62,4 +61,7 @@ class PredictUDF:
             scores[run] = self.predictor.scores(
                 images[run], valid[run], batch["mean"][run], batch["std"][run], dtype=self.dtype
             )
-        return {"scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip}
+        return {
+            "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
+            "error": batch["error"], "internal": batch["internal"],
+        }  # fmt: skip

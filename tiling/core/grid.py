@@ -72,6 +72,11 @@ class TileGrid:
         return tuple(1 if a == self.slice_axis else self.tile for a in range(3))
 
     @cached_property
+    def tile_shape_2d(self) -> tuple[int, int]:
+        """The model's tile: the window shape without a volume's one-voxel slice axis."""
+        return (self.tile, self.tile)
+
+    @cached_property
     def stride(self) -> tuple[int, ...]:
         """Step between window starts along each axis."""
         base = max(1, round(self.tile * (1 - self.overlap)))

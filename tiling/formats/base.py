@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import uuid
 from abc import ABC, abstractmethod
@@ -165,13 +166,21 @@ def sink_error(path: Path, e: BaseException, doing: str = "writing") -> SinkErro
     """
     text = " ".join(str(e).split()) or type(e).__name__
     errno = getattr(e, "errno", None)
-    if errno == 28 or "no space left" in text.lower() or "free disk space" in text.lower():
+    if errno == 28 or "no space left" in text.lower() or "free disk space" in text.lower() or _nearly_full(path):
         return SinkError(
             f"{path}: no space left on the device while {doing} it; free some space or choose another --out"
         )
     if errno == 27 or "file too large" in text.lower():
         return SinkError(f"{path}: the file grew past the size this file system or process allows while {doing} it")
     return SinkError(f"{path}: cannot write output ({text})")
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system of ``path`` has (almost) no space left: libraries often say only "I/O error"."""
+    try:
+        return shutil.disk_usage(path.parent).free < 2**20
+    except OSError:
+        return False
 
 
 def temp_name(final: Path, suffix: str) -> Path:

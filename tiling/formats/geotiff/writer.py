@@ -23,6 +23,7 @@ import rasterio
 import rasterio.shutil
 import rasterio.windows
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from tiling.core.labels import LABEL_NODATA, default_colormap
@@ -63,19 +64,19 @@ class _TiffPart:
         self.tmp_cog = self.tmp.with_name(self.tmp.name.replace(".part.tif", ".cog.part.tif"))
         try:
             self.ds = rasterio.open(self.tmp, "w", **profile)
-        except (RasterioError, OSError) as e:
+        except (RasterioError, CPLE_BaseError, OSError) as e:
             raise sink_error(final, e, "creating") from e
 
     def convert(self, block: int) -> None:
         """Close the GTiff and convert it to a COG, still under a temporary name."""
-        self.ds.close()
         try:
+            self.ds.close()  # writes the TIFF directory: the disk may fill here too
             rasterio.shutil.copy(
                 self.tmp, self.tmp_cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=block,
                 OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=self.resampling, BIGTIFF="IF_SAFER",
                 NUM_THREADS="ALL_CPUS",  # compress blocks and overviews on every core
             )  # fmt: skip
-        except (RasterioError, OSError) as e:
+        except (RasterioError, CPLE_BaseError, OSError) as e:
             raise sink_error(self.final, e, "finishing") from e
         finally:
             self.tmp.unlink(missing_ok=True)
@@ -85,9 +86,12 @@ class _TiffPart:
         os.replace(self.tmp_cog, self.final)
 
     def remove(self) -> None:
-        """Close and delete the temporary files."""
+        """Close and delete the temporary files (closing may fail on a full disk; they go anyway)."""
         if not self.ds.closed:
-            self.ds.close()
+            try:
+                self.ds.close()
+            except (RasterioError, CPLE_BaseError, OSError) as e:
+                log.debug("closing %s failed while aborting: %s", self.tmp, e)
         for p in (self.tmp, self.tmp_cog):
             p.unlink(missing_ok=True)
 
@@ -179,7 +183,7 @@ class CogSink(Sink):
             self._mask.ds.write(labels[np.newaxis], window=rw)
             if self._probs is not None and probs is not None:
                 self._probs.ds.write(np.rint(probs * 255).astype(np.uint8), window=rw)
-        except (RasterioError, OSError) as e:
+        except (RasterioError, CPLE_BaseError, OSError) as e:
             raise sink_error(self.path, e) from e
 
     def _describe(self) -> None:
