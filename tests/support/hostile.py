@@ -34,11 +34,11 @@ def claiming_vrt(path: Path, size: int = 1_000_000, bands: int = 1) -> Path:
     return path
 
 
-def vrt_over(path: Path, source: Path, size: tuple[int, int]) -> Path:
-    """A VRT showing band 1 of ``source`` (rows, cols) = ``size``, one to one."""
+def vrt_over(path: Path, source: Path, size: tuple[int, int], data_type: str = "Byte") -> Path:
+    """A VRT showing band 1 of ``source`` (rows, cols) = ``size``, one to one, as GDAL ``data_type``."""
     rows, cols = size
     path.write_text(
-        f'<VRTDataset rasterXSize="{cols}" rasterYSize="{rows}"><VRTRasterBand dataType="Byte" band="1">'
+        f'<VRTDataset rasterXSize="{cols}" rasterYSize="{rows}"><VRTRasterBand dataType="{data_type}" band="1">'
         f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>1</SourceBand>'
         f'<SrcRect xOff="0" yOff="0" xSize="{cols}" ySize="{rows}"/><DstRect xOff="0" yOff="0" xSize="{cols}" '
         f'ySize="{rows}"/></SimpleSource></VRTRasterBand></VRTDataset>\n'
