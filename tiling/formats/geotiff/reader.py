@@ -99,7 +99,7 @@ def _open_dataset(path: Path, allow_drivers: Sequence[str]) -> rasterio.DatasetR
 
 
 class GeoTiffSource(SourceBase):
-    """A GeoTIFF (or any GDAL raster) read window by window.
+    """A GeoTIFF (or a raster of a GDAL driver the user allowed) read window by window.
 
     Args:
         path: the raster file.
