@@ -13,6 +13,13 @@ from typing import Any
 from models import Backbone, Precision
 from tiling.core import BlendMode, EdgeMode, window_bounds
 from tiling.errors import ConfigError
+from tiling.formats.base import (
+    DEFAULT_MAX_BANDS,
+    DEFAULT_MAX_CHUNK_MB,
+    DEFAULT_MAX_PIXELS,
+    ComplexPart,
+    SourceLimits,
+)
 from tiling.options import lookup_option
 
 __all__ = ["InferenceConfig", "InputConfig", "ModelConfig", "PipelineConfig", "RayConfig", "TilingConfig"]
@@ -50,17 +57,27 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Which part of a source to read, and how to scale its intensities.
+    """Which part of a source to read, how to scale its intensities, and how large a source may be.
 
-    ``bands``, ``series`` and ``level`` are reader options: each is passed to
-    the source's format, which refuses one it does not take (``--level`` on
-    a GeoTIFF) naming the formats that do.
+    ``bands``, ``series``, ``level``, ``allow_drivers`` and ``complex`` are
+    reader options: each is passed to the source's format, which refuses one
+    it does not take (``--level`` on a GeoTIFF) naming the formats that do.
+    ``max_pixels``, ``max_bands`` and ``max_chunk_mb`` are the
+    :class:`~tiling.formats.base.SourceLimits` every source is checked
+    against right after opening (their defaults say why).
     """
 
     bands: tuple[int, ...] | None = None  # GeoTIFF: 1-based bands to read; None = every band
     series: str | None = None  # DICOM SeriesInstanceUID when a folder holds several
     level: int | None = None  # OME-Zarr multiscale level (0 = full resolution)
     window: str | None = None  # CT intensity window: "low,high" in HU, or a preset name
+    # GeoTIFF: GDAL raster drivers to open beyond GTiff (VRT, JP2OpenJPEG...); a VRT can
+    # point at any file and claim any size, so none is opened unless named
+    allow_drivers: tuple[str, ...] | None = None
+    complex: ComplexPart | str | None = None  # complex (SAR) pixels as abs|real|imag|phase; None = refuse them
+    max_pixels: int = DEFAULT_MAX_PIXELS  # pixels over all spatial axes; 10 G = 100k x 100k
+    max_bands: int = DEFAULT_MAX_BANDS  # above every hyperspectral sensor in use
+    max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB  # one storage chunk of one band, decoded whole
 
     def validate(self) -> InputConfig:
         """Check the values.
@@ -76,11 +93,26 @@ class InputConfig:
             raise ConfigError(f"level: must be a non-negative integer, got {self.level!r}")
         if self.window is not None:
             window_bounds(self.window)  # raises ConfigError naming the presets
-        return self
+        self.limits()  # raises ConfigError naming a limit that is not a positive integer
+        complex_part = None if self.complex is None else lookup_option(self.complex, ComplexPart, "complex")
+        return replace(self, complex=complex_part)
+
+    def limits(self) -> SourceLimits:
+        """The size limits a source is checked against right after opening.
+
+        Raises:
+            ConfigError: if a limit is not a positive integer.
+        """
+        return SourceLimits(self.max_pixels, self.max_bands, self.max_chunk_mb)
 
     def source_options(self) -> dict[str, Any]:
-        """The reader options that were given, by their format option names."""
-        return {"bands": self.bands, "series": self.series, "level": self.level}
+        """The keywords :func:`tiling.formats.open_source` takes: the reader options
+        that were given, by their format option names, and ``limits``.
+        """
+        return {
+            "bands": self.bands, "series": self.series, "level": self.level,
+            "allow_drivers": self.allow_drivers, "complex": self.complex, "limits": self.limits(),
+        }  # fmt: skip
 
     def bounds(self) -> tuple[float, float] | None:
         """The intensity window as (low, high), or None."""

@@ -30,6 +30,7 @@ from pipeline.config import (
     TilingConfig,
 )
 from tiling.core import BlendMode, EdgeMode
+from tiling.formats.base import ComplexPart
 
 __all__ = ["FLAGS", "SECTIONS", "Flag", "build_config", "config_options"]
 
@@ -55,6 +56,28 @@ def _csv_ints(value: str) -> tuple[int, ...]:
 
 def _csv_names(value: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in value.split(","))
+
+
+class _Count(click.ParamType[int]):
+    """A whole number written plainly, with underscores, or in exponent form (``2e10``)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = float("nan")
+        if not number.is_integer():
+            self.fail(f"expected a whole number like 20000000000 or 2e10, got {value!r}", param, ctx)
+        return int(number)
 
 
 def _choice(enum: type[Enum]) -> click.Choice[str]:
@@ -160,6 +183,26 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--series", "input", "series", "DICOM SeriesInstanceUID, when the folder holds several series."),
     Flag("--level", "input", "level", "OME-Zarr multiscale level to segment (default 0).", int),
     Flag("--window", "input", "window", "CT intensity window 'low,high' in HU, or soft-tissue|lung|bone|brain."),
+    Flag(
+        "--allow-drivers",
+        "input",
+        "allow_drivers",
+        "GeoTIFF: also open these GDAL raster drivers, e.g. VRT or JP2OpenJPEG,PNG (default: GTiff/COG only).",
+        None,
+        _csv_names,
+    ),
+    Flag(
+        "--complex",
+        "input",
+        "complex",
+        "Complex (SAR) pixels: read their abs, real, imag or phase (default: refuse them).",
+        _choice(ComplexPart),
+    ),
+    Flag("--max-pixels", "input", "max_pixels", "Refuse a source claiming more pixels (2e10 works too).", _Count()),
+    Flag("--max-bands", "input", "max_bands", "Refuse a source claiming more bands.", int),
+    Flag(
+        "--max-chunk-mb", "input", "max_chunk_mb", "Refuse a source whose storage chunk per band is larger (MiB).", int
+    ),
     Flag("--address", "ray", "address", "Ray cluster to join (default: start a local Ray).", envvar="RAY_ADDRESS"),
     Flag("--num-cpus", "ray", "num_cpus", "CPUs for the local Ray (default: all).", int),
     Flag(
