@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from tiling.errors import NotGeoreferencedWarning
+
+if TYPE_CHECKING:
+    from pipeline.infer import InferenceResult
 
 __all__ = ["one_line", "report", "setup_logging"]
 
@@ -27,13 +31,18 @@ def one_line(src: Path, e: BaseException) -> str:
     return msg if str(src) in msg else f"{src}: {msg}"
 
 
-def report(result: object) -> None:
-    """Print where an inference run wrote its outputs, and how fast it went."""
-    click.echo(f"mask: {result.mask}")  # type: ignore[attr-defined]
-    probs = getattr(result, "probs", None)
-    if probs:
-        click.echo(f"probabilities: {probs}")
-    click.echo(
-        f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, "  # type: ignore[attr-defined]
-        f"{result.tiles_per_second:.2f} tiles/s"  # type: ignore[attr-defined]
-    )
+def report(result: InferenceResult, requested_precision: str = "") -> None:
+    """Print where an inference run wrote its outputs, how fast it went, and in which precision.
+
+    Args:
+        result: the run's result.
+        requested_precision: what the user asked for; ``auto`` is shown with what it became.
+    """
+    click.echo(f"mask: {result.mask}")
+    for extra in result.published[1:]:
+        click.echo(f"{'probabilities' if extra == result.probs else 'also'}: {extra}")
+    line = f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, {result.tiles_per_second:.2f} tiles/s"
+    if result.precision:
+        chosen = " (chosen by --precision auto for this hardware)" if requested_precision == "auto" else ""
+        line += f", precision {result.precision}{chosen}"
+    click.echo(line)

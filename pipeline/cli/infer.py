@@ -47,7 +47,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         start_ray(ray_options["address"], ray_options["num_cpus"])
         cfg: PipelineConfig = build_config(values).validate()
         if len(sources) == 1:
-            report(infer_scene(sources[0], out, cfg, progress=progress))
+            report(infer_scene(sources[0], out, cfg, progress=progress), str(cfg.model.precision))
             return
         if not out.is_dir():
             raise click.ClickException(f"{out}: with several sources, --out must be an existing folder")
@@ -66,7 +66,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
             failed += 1
             click.echo(f"Error: {one_line(src, r)}", err=True)
         else:
-            report(r)
+            report(r, str(cfg.model.precision))
     if failed:
         raise click.ClickException(f"{len(outcome) - failed} of {len(outcome)} scenes written; {failed} failed")
 

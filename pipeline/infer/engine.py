@@ -67,6 +67,7 @@ class SceneOutput:
         first_result_seconds: from the start of the run until the scene's first tiles were stitched.
         stitch_peak_bytes: the largest accumulator memory its stitcher held.
         stitch_spills: accumulator blocks spilled to disk.
+        precision: the forward pass's precision where the model ran (what ``auto`` became).
     """
 
     published: tuple[Path, ...]
@@ -76,6 +77,7 @@ class SceneOutput:
     first_result_seconds: float
     stitch_peak_bytes: int
     stitch_spills: int
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class _Scene:
     sink: Sink | None = None
     stitcher: Stitcher | None = None
     first: float | None = None
+    precision: str = ""
     failure: SceneFailure | None = None
     output: SceneOutput | None = None
     closed: bool = False
@@ -354,6 +357,8 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             sink, stitcher = scene.open()
         else:
             sink, stitcher = scene.sink, scene.stitcher
+        if not scene.precision and len(rows["precision"]):
+            scene.precision = str(rows["precision"][0])
         scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
         for i, index in enumerate(rows["index"]):
             stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
@@ -363,7 +368,7 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             now = time.perf_counter()
             scene.output = SceneOutput(
                 published, len(scene.plan.grid), stitcher.skipped, now - t0, (scene.first or now) - t0,
-                stitcher.peak_open_bytes, stitcher.spills,
+                stitcher.peak_open_bytes, stitcher.spills, scene.precision,
             )  # fmt: skip
             scene.closed = True
     except TilingError as e:

@@ -64,4 +64,6 @@ class PredictUDF:
         return {
             "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
             "error": batch["error"], "internal": batch["internal"],
+            # what "auto" became where the model runs (a cluster's GPUs may differ from the driver)
+            "precision": np.full(len(images), str(self.predictor.precision), dtype=object),
         }  # fmt: skip

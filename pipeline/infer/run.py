@@ -45,6 +45,7 @@ class InferenceResult:
     stitch_peak_bytes: int = 0  # largest accumulator memory the stitcher held
     stitch_spills: int = 0  # accumulator blocks spilled to disk (0 unless the frontier outgrew its cap)
     published: tuple[Path, ...] = ()  # every path written, mask first
+    precision: str = ""  # the forward pass's precision where the model ran (what "auto" became)
 
     @property
     def tiles_per_second(self) -> float:
@@ -56,7 +57,7 @@ def _result(out: SceneOutput) -> InferenceResult:
     probs = next((p for p in out.published[1:] if ".probs." in p.name), None)
     return InferenceResult(
         out.published[0], probs, out.tiles, out.skipped, out.seconds, out.first_result_seconds,
-        out.stitch_peak_bytes, out.stitch_spills, out.published,
+        out.stitch_peak_bytes, out.stitch_spills, out.published, out.precision,
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import rasterio
 import torch
 from click.testing import CliRunner
 
-from models import build_model
+from models import build_model, cpu_has_native_bf16
 from pipeline.cli import cli
 from tests.conftest import write_scene
 
@@ -59,6 +59,9 @@ def test_issue_example_on_a_real_geotiff(ray_session, tmp_path, rgb_byte) -> Non
     result = run("infer", rgb_byte, "--out", out, "--tile", 128, "--classes", 3, "--no-progress")
     assert result.exit_code == 0, result.output
     assert f"mask: {out}" in result.output
+    # --precision auto: bf16 only where this CPU computes it natively, and the run says which
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert f"precision {expected} (chosen by --precision auto for this hardware)" in result.output
     with rasterio.open(rgb_byte) as src, rasterio.open(out) as m:
         assert m.crs == src.crs and m.transform == src.transform
         assert (m.width, m.height) == (src.width, src.height)
