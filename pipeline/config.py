@@ -130,6 +130,8 @@ class ModelConfig:
     precision: Precision | str = Precision.AUTO
     channels_last: bool = True
     class_names: tuple[str, ...] | None = None
+    # torch.compile the model in each actor: minutes of compilation repaid on long GPU runs
+    compile: bool = False
 
     def validate(self) -> ModelConfig:
         """A copy with options resolved to enums.

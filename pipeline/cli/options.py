@@ -179,6 +179,7 @@ FLAGS: tuple[Flag, ...] = (
         click.Path(dir_okay=False),
     ),
     Flag("--precision", "model", "precision", "Forward-pass precision.", _choice(Precision)),
+    Flag("--compile", "model", "compile", "torch.compile the model in each actor (long GPU runs).", is_flag=True),
     Flag("--bands", "input", "bands", "1-based bands to use, e.g. 1,2,3 (default: all).", None, _csv_ints),
     Flag("--series", "input", "series", "DICOM SeriesInstanceUID, when the folder holds several series."),
     Flag("--level", "input", "level", "OME-Zarr multiscale level to segment (default 0).", int),

@@ -42,7 +42,9 @@ class PredictUDF:
         if model is None:
             model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
         self.classes = model_config.classes
-        self.predictor = Predictor(model, None, model_config.precision, model_config.channels_last, device)
+        self.predictor = Predictor(
+            model, None, model_config.precision, model_config.channels_last, device, compile=model_config.compile
+        )
         # Scores cross the object store; below fp32 the model has no more
         # precision than float16 carries, so halve the bytes.
         self.dtype = torch.float32 if self.predictor.precision is Precision.FP32 else torch.float16

@@ -49,3 +49,37 @@ def test_wrong_band_count_and_fp16_on_cpu_are_refused() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="fp16 autocast needs a CUDA device"):
             Predictor(linear_model(), precision="fp16")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_cuda_predictions_match_the_cpu(precision: str) -> None:
+    """On a GPU: pinned non-blocking copies, normalisation on the device, autocast; same labels as the CPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, kernel_size=1)
+    x = np.random.default_rng(0).integers(0, 255, (4, 3, 64, 64), dtype=np.uint8)
+    norm = Normalization((120.0, 110.0, 100.0), (50.0, 40.0, 30.0))
+    cpu = Predictor(model, norm, "fp32", device="cpu")(x)
+    gpu = Predictor(model, norm, precision, device="cuda")(x)
+    assert np.mean(cpu.argmax(1) == gpu.argmax(1)) > 0.99
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2 if precision != "fp32" else 1e-4)
+
+
+@pytest.mark.gpu
+@cuda
+def test_auto_precision_on_cuda_is_bf16_where_supported() -> None:
+    p = Predictor(torch.nn.Conv2d(3, 2, kernel_size=1), device="cuda", precision="auto")
+    assert p.precision.value == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+
+
+def test_compiled_model_gives_the_same_probabilities() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, kernel_size=1)
+    x = np.random.default_rng(1).random((2, 3, 16, 16)).astype(np.float32)
+    eager = Predictor(model, precision="fp32", channels_last=False, device="cpu")(x)
+    compiled = Predictor(model, precision="fp32", channels_last=False, device="cpu", compile=True)(x)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
