@@ -10,7 +10,7 @@ import click
 
 from tiling.errors import NotGeoreferencedWarning
 
-__all__ = ["one_line", "report", "setup_logging"]
+__all__ = ["one_line", "report", "report_products", "setup_logging"]
 
 
 def setup_logging(verbose: int, quiet: int) -> None:
@@ -37,3 +37,11 @@ def report(result: object) -> None:
         f"{result.tiles} tiles ({result.skipped} nodata) in {result.seconds:.1f} s, "  # type: ignore[attr-defined]
         f"{result.tiles_per_second:.2f} tiles/s"  # type: ignore[attr-defined]
     )
+
+
+def report_products(products: object) -> None:
+    """Print where the products of a run (polygons, quicklook) went."""
+    if getattr(products, "vector", None):
+        click.echo(f"polygons: {products.vector} ({products.features} features)")  # type: ignore[attr-defined]
+    if getattr(products, "quicklook", None):
+        click.echo(f"quicklook: {products.quicklook}")  # type: ignore[attr-defined]

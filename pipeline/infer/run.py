@@ -22,7 +22,7 @@ from pipeline.ray_env import ensure_ray, unwrap_user_error
 from tiling.core import Stitcher, TileGrid, TileLayout, sample_band_stats
 from tiling.errors import TilingError
 from tiling.formats import SourceSpec, natural_output, open_sink, open_source, output_format, sniff, spec_of
-from tiling.formats.base import Sink, SinkRequest, Source
+from tiling.formats.base import Sink, Source
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
 
@@ -139,7 +139,7 @@ def infer_scene(
         )
         channels = layout.channels(source.count)
         _check_model(cfg, channels, model)
-        request = SinkRequest(tuple(cfg.model.names), cfg.save_probs, cfg.allow_no_crs)
+        request = cfg.sink_request(model)
         sink = open_sink(out, source, fmt, request)
         try:
             plan = _Plan(
@@ -159,7 +159,7 @@ def infer_scene(
             raise cause from None
         raise
     result = InferenceResult(
-        published[0], published[1] if len(published) > 1 else None, len(grid),
+        published[0], sink.probs, len(grid),
         stitcher.skipped, time.perf_counter() - t0, first - t0, stitcher.peak_open_bytes, stitcher.spills,
     )  # fmt: skip
     log.info(

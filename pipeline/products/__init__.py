@@ -7,7 +7,17 @@ Python: :func:`polygonize` and :func:`quicklook`.
 
 from __future__ import annotations
 
+from pipeline.products.make import Products, check_products, make_products, vector_path_for
 from pipeline.products.quicklook import quicklook, quicklook_path_for
 from pipeline.products.vector import VectorResult, polygonize
 
-__all__ = ["VectorResult", "polygonize", "quicklook", "quicklook_path_for"]
+__all__ = [
+    "Products",
+    "VectorResult",
+    "check_products",
+    "make_products",
+    "polygonize",
+    "quicklook",
+    "quicklook_path_for",
+    "vector_path_for",
+]

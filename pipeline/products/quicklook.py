@@ -28,6 +28,7 @@ from tiling.core.labels import LABEL_NODATA, class_color
 from tiling.core.windows import Window
 from tiling.errors import ConfigError
 from tiling.formats import open_source
+from tiling.formats.base import Source
 from tiling.formats.reference import VolumeGeometry
 
 __all__ = ["DEFAULT_SIZE", "quicklook", "quicklook_path_for"]
@@ -113,20 +114,32 @@ def _fit(rows: int, cols: int, size: int) -> tuple[int, int]:
     return max(1, round(rows * scale)), max(1, round(cols * scale))
 
 
-def _stretch(data: np.ndarray, valid: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+Bounds = tuple[float, float] | None
+
+
+def _stretch(data: np.ndarray, valid: np.ndarray, bounds: Bounds) -> np.ndarray:
     """(bands, rows, cols) -> (rows, cols, 3) uint8: the CT window, or a 2-98 % stretch per band."""
     data = data.astype(np.float32)
+    bands = int(data.shape[0])
     out = np.zeros(data.shape, np.float32)
-    for b in range(data.shape[0]):
+    for b in range(bands):
         if bounds is not None:
             low, high = bounds
         else:
             values = data[b][valid] if valid.any() else data[b].ravel()
-            low, high = (np.percentile(values, STRETCH) if values.size else (0.0, 1.0)).tolist()
+            low, high = _percentiles(values)
         out[b] = np.clip((data[b] - low) / ((high - low) or 1.0), 0.0, 1.0)
     out[:, ~valid] = 0.0
-    rgb = out if out.shape[0] == 3 else np.repeat(out[:1], 3, axis=0)
+    rgb = out if bands == 3 else np.repeat(out[:1], 3, axis=0)
     return np.moveaxis(np.rint(rgb * 255).astype(np.uint8), 0, -1)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    """The stretch's (low, high): the 2nd and 98th percentiles, or (0, 1) of nothing."""
+    if not values.size:
+        return 0.0, 1.0
+    low, high = np.percentile(values, STRETCH)
+    return float(low), float(high)
 
 
 def _overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -143,7 +156,7 @@ def _pick_bands(count: int, bands: Sequence[int] | None) -> list[int]:
     return chosen[:3] if len(chosen) >= 3 else chosen[:1]
 
 
-def _overview(source: Path, mask: Path, bands: Sequence[int] | None, bounds, size: int) -> Image.Image:
+def _overview(source: Path, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int) -> Image.Image:
     """A COG mask over a GDAL source, both read decimated (from their overviews where they have them)."""
     with rasterio.open(mask) as m:
         shape = _fit(m.height, m.width, size)
@@ -151,11 +164,11 @@ def _overview(source: Path, mask: Path, bands: Sequence[int] | None, bounds, siz
     with rasterio.open(source) as s:
         chosen = _pick_bands(s.count, bands)
         data = s.read(chosen, out_shape=(len(chosen), *shape), resampling=Resampling.nearest, masked=True)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0))
     return Image.fromarray(_overlay(_stretch(np.ma.getdata(data), valid, bounds), labels))
 
 
-def _strided(src, mask: Path, bands: Sequence[int] | None, bounds, size: int) -> Image.Image:
+def _strided(src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int) -> Image.Image:
     """A 2-D source and mask read through the registry, one row in every ``step``."""
     rows, cols = src.shape
     step = max(1, -(-max(rows, cols) // size))
@@ -173,9 +186,9 @@ def _strided(src, mask: Path, bands: Sequence[int] | None, bounds, size: int) ->
     return Image.fromarray(_overlay(_stretch(data, valid, bounds), labels))
 
 
-def _mask_planes(mask: Path, src, planes: dict[str, Window]) -> dict[str, np.ndarray]:
+def _mask_planes(mask: Path, src: Source, planes: dict[str, Window]) -> dict[str, np.ndarray]:
     """The mask's class labels on each plane (nodata and "no segment" as 255)."""
-    if mask.suffix.lower() == ".dcm":
+    if mask.suffix.lower() == ".dcm" and isinstance(src.reference, VolumeGeometry):
         return _seg_planes(mask, src.reference, planes)
     out = {}
     with open_source(mask) as m:
@@ -185,12 +198,14 @@ def _mask_planes(mask: Path, src, planes: dict[str, Window]) -> dict[str, np.nda
     return out
 
 
-def _seg_planes(mask: Path, geometry: VolumeGeometry, planes: dict[str, Window], chunk: int = 32) -> dict[str, np.ndarray]:
+def _seg_planes(
+    mask: Path, geometry: VolumeGeometry, planes: dict[str, Window], chunk: int = 32
+) -> dict[str, np.ndarray]:
     """Planes of a tilewise DICOM SEG (segment k + 1 is class k), decoded ``chunk`` slices at a time."""
     import highdicom as hd
 
     seg = hd.seg.segread(mask)
-    nz, ny, nx = geometry.shape
+    nz = geometry.shape[0]
     out = {name: np.full(w.shape, LABEL_NODATA, np.uint8) for name, w in planes.items()}
     multiframe = len(set(geometry.files)) == 1 and len(geometry.files) > 1
     for z0 in range(0, nz, chunk):
@@ -211,7 +226,7 @@ def _seg_planes(mask: Path, geometry: VolumeGeometry, planes: dict[str, Window],
     return out
 
 
-def _triptych(src, mask: Path, bands: Sequence[int] | None, bounds, size: int) -> Image.Image:
+def _triptych(src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int) -> Image.Image:
     """Axial, coronal and sagittal mid-slices side by side, each at its physical aspect."""
     nz, ny, nx = src.shape
     planes = {
@@ -225,8 +240,7 @@ def _triptych(src, mask: Path, bands: Sequence[int] | None, bounds, size: int) -
     reads = {name: src.read(w) for name, w in planes.items()}
     band = (_pick_bands(src.count, bands)[0] - 1) if src.count > 1 else 0
     if bounds is None:  # one stretch for the three planes, so they match
-        values = np.concatenate([d[band][v] for d, v in reads.values()])
-        bounds = tuple(np.percentile(values, STRETCH).tolist()) if values.size else (0.0, 1.0)
+        bounds = _percentiles(np.concatenate([d[band][v] for d, v in reads.values()]))
     panels = []
     for name, (data, valid) in reads.items():
         axes = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}[name]

@@ -39,6 +39,7 @@ import shapely
 import shapely.affinity
 import shapely.geometry
 from affine import Affine
+from rasterio.io import DatasetReader
 from tqdm.auto import tqdm
 
 from tiling.core.labels import LABEL_NODATA
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 #: Edge of the windows the mask is read and polygonised in (a multiple of the COG's 256 px tiles).
 DEFAULT_BLOCK = 1024
 _FIELDS = ["class", "class_name", "area", "pixels", "mean_probability"]
+#: One feature: geometry, class value, class name, area, pixels, mean probability.
+Row = tuple[shapely.Geometry, int, str, float, int, float]
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class _LayerWriter:
         self.path, self.layer, self.crs = path, layer, crs
         self.written = 0
 
-    def write(self, rows: list[tuple[shapely.Geometry, int, str, float, int, float]]) -> None:
+    def write(self, rows: list[Row]) -> None:
         if not rows and self.written:
             return
         geoms, values, names, areas, pixels, probs = zip(*rows) if rows else ((),) * 6
@@ -209,7 +212,7 @@ def polygonize(
     layer = layer or mask.name.split(".")[0]
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part.gpkg")
     try:
-        with rasterio.open(mask) as ds, (rasterio.open(probs) if probs else _Nothing()) as pds:
+        with rasterio.open(mask) as ds, rasterio.open(probs) if probs else _Nothing() as pds:
             writer = _LayerWriter(tmp, layer, ds.crs.to_wkt() if ds.crs else None)
             peak = _stream(ds, pds, writer, _class_names(ds, class_names), classes, simplify, block, progress)
         os.replace(tmp, out)
@@ -231,7 +234,16 @@ class _Nothing:
         return None
 
 
-def _stream(ds, pds, writer: _LayerWriter, names: list[str], classes, simplify, block: int, progress: bool) -> int:
+def _stream(
+    ds: DatasetReader,
+    pds: DatasetReader | None,
+    writer: _LayerWriter,
+    names: list[str],
+    classes: Sequence[int] | None,
+    simplify: float | None,
+    block: int,
+    progress: bool,
+) -> int:
     """Polygonise ``ds`` row of blocks by row of blocks; returns the peak number of open objects."""
     height, width = ds.height, ds.width
     nodata = int(ds.nodata) if ds.nodata is not None else LABEL_NODATA
@@ -268,7 +280,14 @@ def _stream(ds, pds, writer: _LayerWriter, names: list[str], classes, simplify, 
     return peak
 
 
-def _pieces(labels, valid, w, pds, frontier: _Frontier, next_id: int) -> tuple[np.ndarray, int]:
+def _pieces(
+    labels: np.ndarray,
+    valid: np.ndarray,
+    w: rasterio.windows.Window,
+    pds: DatasetReader | None,
+    frontier: _Frontier,
+    next_id: int,
+) -> tuple[np.ndarray, int]:
     """Polygonise one block: register its pieces; returns the piece id per pixel (-1 outside any) and the next id."""
     shift = Affine.translation(int(w.col_off), int(w.row_off))
     shapes = list(rasterio.features.shapes(labels, mask=valid, connectivity=4, transform=shift))
@@ -280,7 +299,7 @@ def _pieces(labels, valid, w, pds, frontier: _Frontier, next_id: int) -> tuple[n
         dtype="int32",
     )  # fmt: skip
     pixels = np.bincount(local.ravel(), minlength=len(shapes) + 1)
-    prob_sum = np.zeros(len(shapes) + 1)
+    prob_sum: np.ndarray = np.zeros(len(shapes) + 1)
     if pds is not None:
         band = np.minimum(labels, pds.count - 1).astype(np.intp)
         p = pds.read(window=w)
@@ -310,7 +329,9 @@ def _join(frontier: _Frontier, here: np.ndarray, there: np.ndarray) -> None:
             frontier.union(int(a), int(b))
 
 
-def _features(g: _Group, names: list[str], to_map: Affine, pixel_area: float, simplify, pds):
+def _features(
+    g: _Group, names: list[str], to_map: Affine, pixel_area: float, simplify: float | None, pds: DatasetReader | None
+) -> Iterator[Row]:
     """The finished object as layer rows (one, unless its union falls apart in parts)."""
     merged = shapely.union_all(g.geoms) if len(g.geoms) > 1 else g.geoms[0]
     merged = shapely.simplify(merged, 0.0)  # drop the vertices block borders left on straight edges

@@ -12,12 +12,12 @@ import rasterio.features
 import shapely
 from affine import Affine
 
+from pipeline.products import polygonize
 from tests.conftest import SHARED
 from tiling import GeoRef, Window
 from tiling.core.labels import LABEL_NODATA
 from tiling.errors import ConfigError
 from tiling.formats.geotiff.writer import CogSink
-from pipeline.products import polygonize
 
 SPACENET = SHARED / "segmentation" / "spacenet_atlanta_buildings"
 UTM = GeoRef(crs="EPSG:32633", transform=(10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0), nodata=None)
@@ -61,7 +61,7 @@ def test_one_object_across_many_blocks_is_one_polygon(tmp_path: Path) -> None:
         assert any(g.equals(r) for r in reference), "identical to polygonising the scene in one piece"
     ring = max(geoms, key=lambda g: len(g.interiors))
     assert len(ring.interiors) == 2, "holes survive the merge"
-    assert sorted(cols["pixels"]) == sorted(int(round(r.area / 100)) for r in reference)
+    assert sorted(cols["pixels"]) == sorted(round(r.area / 100) for r in reference)
     np.testing.assert_allclose(sorted(cols["area"]), sorted(r.area for r in reference))
     assert set(cols["class_name"]) == {"thing"} and meta["crs"] == "EPSG:32633"
 
@@ -70,7 +70,9 @@ def test_rasterising_the_polygons_back_gives_each_class_exactly(tmp_path: Path) 
     rng = np.random.default_rng(3)
     noise = rng.random((150, 170))
     for _ in range(3):  # smooth, so regions are blobs of many sizes
-        noise = (noise + np.roll(noise, 1, 0) + np.roll(noise, 1, 1) + np.roll(noise, -1, 0) + np.roll(noise, -1, 1)) / 5
+        noise = (
+            noise + np.roll(noise, 1, 0) + np.roll(noise, 1, 1) + np.roll(noise, -1, 0) + np.roll(noise, -1, 1)
+        ) / 5
     labels = np.digitize(noise, np.quantile(noise, [0.3, 0.6])).astype(np.uint8)
     labels[:10, :25] = LABEL_NODATA
     mask = _cog(tmp_path / "m.tif", labels, ["a", "b", "c"])

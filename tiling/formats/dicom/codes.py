@@ -59,7 +59,9 @@ def parse_code(value: Any, where: str) -> Code:
         try:
             return Code(str(value["value"]), str(value["scheme"]), str(value["meaning"]))
         except KeyError as e:
-            raise ConfigError(f"{where}: a code mapping needs scheme, value and meaning; {e.args[0]} is missing") from None
+            raise ConfigError(
+                f"{where}: a code mapping needs scheme, value and meaning; {e.args[0]} is missing"
+            ) from None
     text = str(value).strip()
     parts = text.split(":", 2)
     if len(parts) == 3 and all(p.strip() for p in parts):
@@ -110,7 +112,10 @@ def load_segment_codes(path: str | Path) -> dict[str, tuple[Code, Code]]:
         where = f"{path}: {name}"
         if not isinstance(entry, Mapping) or not {"category", "type"} <= set(entry):
             raise ConfigError(f"{where}: expected a mapping with 'category' and 'type'")
-        out[str(name)] = (parse_code(entry["category"], f"{where}.category"), parse_code(entry["type"], f"{where}.type"))
+        out[str(name)] = (
+            parse_code(entry["category"], f"{where}.category"),
+            parse_code(entry["type"], f"{where}.type"),
+        )
     return out
 
 

@@ -205,7 +205,9 @@ class DicomSegSink(Sink):
         self._labels = _reserve(self._mm_path, self.shape, self.path, "label")
         if save_probs:
             try:
-                self._probs = _reserve(self._probs_mm_path, (len(self.class_names), *self.shape), self.path, "probability")
+                self._probs = _reserve(
+                    self._probs_mm_path, (len(self.class_names), *self.shape), self.path, "probability"
+                )
             except SinkError:
                 self._cleanup()
                 raise
@@ -242,7 +244,8 @@ class DicomSegSink(Sink):
         self._labels[window.to_slices()] = self._lut[np.asarray(labels, np.uint8)]
         if self._probs is not None and probs is not None:
             scaled = np.rint(np.clip(probs, 0.0, 1.0) * FRACTIONAL_SCALE).astype(np.uint8)
-            self._probs[(slice(None), *window.to_slices())] = scaled
+            index = (slice(None), *window.to_slices())
+            self._probs[index] = scaled
 
     def _algorithm(self) -> hd.AlgorithmIdentificationSequence:
         parameters = None

@@ -142,7 +142,9 @@ def _footprint(desc: MaskDescription) -> tuple[dict[str, Any] | None, list[float
     edge += [(cols * (n - i) / n, rows) for i in range(n)] + [(0, rows * (n - i) / n) for i in range(n)]
     ring = [a @ p for p in edge]
     ring.append(ring[0])
-    geom = rasterio.warp.transform_geom(CRS.from_user_input(desc.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+    geom = rasterio.warp.transform_geom(
+        CRS.from_user_input(desc.crs), "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}
+    )
     geometry = _rounded(dict(geom) if not hasattr(geom, "to_dict") else geom.to_dict())
     coords = [pt for part in _rings(geometry) for pt in part]
     xs, ys = [c[0] for c in coords], [c[1] for c in coords]

@@ -26,7 +26,6 @@ from tiling.formats import open_sink, sink_options
 from tiling.formats.base import ModelProvenance, SinkRequest
 from tiling.formats.dicom import DicomSegOptions, SegType
 from tiling.formats.dicom.codes import load_segment_codes
-from tiling.formats.dicom.seg import DicomSegSink
 from tiling.formats.dicom.series import DicomMultiframeSource, DicomSeriesSource
 
 CT5N = SHARED / "dicom" / "series" / "pydicom_98892001_CT5N"
@@ -178,7 +177,9 @@ def test_bad_code_files_are_one_line_errors(tmp_path: Path, text: str, match: st
 def test_sink_options_are_checked_by_the_registry() -> None:
     assert sink_options("dicom", {"seg_type": "LabelMap"}) == DicomSegOptions(SegType.LABELMAP)
     assert sink_options("dicom", {}).seg_type is SegType.BINARY
-    with pytest.raises(ConfigError, match=r"seg_type \(--seg-type\) does not apply to a cog output; it applies to DICOM \(dicom-seg\)"):
+    with pytest.raises(
+        ConfigError, match=r"seg_type \(--seg-type\) does not apply to a cog output; it applies to DICOM \(dicom-seg\)"
+    ):
         sink_options("geotiff", {"seg_type": "binary"})
     with pytest.raises(ConfigError, match="seg_type: 'fractional' is not one of binary, labelmap"):
         sink_options("dicom", {"seg_type": "fractional"})

@@ -40,7 +40,9 @@ def _mask(tmp_path: Path, crs: str | None = "EPSG:32633", imagery_datetime: str 
     out = tmp_path / "out" / "mask.tif"
     out.parent.mkdir()
     with open_source(src_path) as src:
-        sink = open_sink(out, src, None, SinkRequest(CLASSES, provenance=PROVENANCE, allow_unreferenced=True, **request))
+        sink = open_sink(
+            out, src, None, SinkRequest(CLASSES, provenance=PROVENANCE, allow_unreferenced=True, **request)
+        )
     sink.write(Window((0, 0), (100, 120)), np.zeros((100, 120), np.uint8), np.zeros((3, 100, 120), np.float32))
     return src_path, sink.finalize()
 
