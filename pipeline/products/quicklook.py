@@ -102,10 +102,22 @@ def quicklook(
 
 
 def _names_of(mask: Path) -> list[str]:
-    if mask.suffix.lower() in (".tif", ".tiff"):
+    """The class names a tilewise mask records: COG band tags, SEG segment labels, OME-Zarr attributes."""
+    suffix = mask.suffix.lower()
+    if suffix in (".tif", ".tiff"):
         with rasterio.open(mask) as ds:
             tags = ds.tags(1)
         return [tags[f"CLASS_{k}"] for k in range(256) if f"CLASS_{k}" in tags]
+    if suffix == ".dcm":
+        import pydicom
+
+        ds = pydicom.dcmread(mask, stop_before_pixels=True)
+        return [str(s.SegmentLabel) for s in sorted(ds.SegmentSequence, key=lambda s: int(s.SegmentNumber))]
+    if suffix == ".zarr":
+        import zarr
+
+        names = dict(zarr.open_group(str(mask), mode="r").attrs).get("tilewise", {}).get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) else []
     return []
 
 
