@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PipelineConfig
 from pipeline.products.quicklook import quicklook
 from pipeline.products.vector import polygonize
 from tiling.errors import ConfigError
 from tiling.formats import output_format
+
+if TYPE_CHECKING:  # the config imports models (torch); the products need only its values
+    from pipeline.config import PipelineConfig
 
 __all__ = ["Products", "check_products", "make_products", "vector_path_for"]
 

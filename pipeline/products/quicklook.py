@@ -96,7 +96,7 @@ def quicklook(
             image = _strided(src, mask, bands, bounds, size)
     names = list(class_names) if class_names else _names_of(mask)
     title = f"{source.name}  ->  {mask.name}" + ("  (axial | coronal | sagittal)" if volume else "")
-    _with_legend(image, names, title).save(out, optimize=True)
+    _with_legend(image, names, title).save(out)  # optimize=True costs ~10 s per megapixel
     log.info("wrote %s", out)
     return out
 
