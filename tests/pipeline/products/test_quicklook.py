@@ -9,14 +9,14 @@ import pytest
 import rasterio
 from PIL import Image
 
+from pipeline.products import quicklook, quicklook_path_for
+from pipeline.products.quicklook import OVERLAY_ALPHA
 from tests.conftest import SHARED, write_scene
 from tiling import Window
 from tiling.core.labels import class_color
 from tiling.errors import ConfigError
 from tiling.formats import open_sink, open_source
 from tiling.formats.base import SinkRequest
-from pipeline.products import quicklook, quicklook_path_for
-from pipeline.products.quicklook import OVERLAY_ALPHA
 
 CT5N = SHARED / "dicom" / "series" / "pydicom_98892001_CT5N"
 SLIDE = SHARED / "dicom" / "highdicom" / "sm_image.dcm"
