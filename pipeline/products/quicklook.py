@@ -116,7 +116,8 @@ def _names_of(mask: Path) -> list[str]:
     if suffix == ".zarr":
         import zarr
 
-        names = dict(zarr.open_group(str(mask), mode="r").attrs).get("tilewise", {}).get("class_names")
+        meta = dict(zarr.open_group(str(mask), mode="r").attrs).get("tilewise")
+        names = meta.get("class_names") if isinstance(meta, dict) else None
         return [str(n) for n in names] if isinstance(names, list) else []
     return []
 
