@@ -51,7 +51,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Accepts a bare state dict or one under a ``"model"``/``"state_dict"`` key.
 
     Raises:
-        WeightsError: if the file is missing or not a torch checkpoint.
+        WeightsError: if the file is missing, not a torch checkpoint, or not a
+            mapping of parameter names (strings) to tensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,6 +67,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: holds no state dict of tensors")
+    odd = next((k for k in obj if not isinstance(k, str)), None)
+    if odd is not None:
+        raise WeightsError(
+            f"{path}: key {odd!r} is a {type(odd).__name__}, not a parameter name; a state dict maps names to tensors"
+        )
     out = {}
     for k, v in obj.items():
         for p in _PREFIXES:
@@ -111,6 +117,12 @@ def _fit_checkpoint(
         reinit = ("classifier.",)
         log.info("%s: backbone weights only; the segmentation head starts fresh", path)
     sd = {k: v for k, v in sd.items() if not k.startswith("aux_classifier.")}
+    for key in ("classifier.4.weight", "backbone.conv1.weight"):
+        if key in sd and sd[key].ndim != 4:
+            raise WeightsError(
+                f"{path}: tensor {key} has shape {tuple(sd[key].shape)}, but a convolution kernel has 4 axes "
+                "(out, in, height, width); the checkpoint is for another architecture or was damaged"
+            )
     head = sd.get("classifier.4.weight")
     if head is not None and head.shape[0] != classes:
         log.info("%s: head has %d classes, model %d; the last layer starts fresh", path, head.shape[0], classes)
@@ -127,6 +139,26 @@ def _fit_checkpoint(
             )
         sd["backbone.conv1.weight"] = adapt_first_conv(conv, in_channels)
     return sd, reinit
+
+
+def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """Refuse a checkpoint tensor whose shape differs from the model's parameter of that name.
+
+    ``load_state_dict`` would raise too, with one line per mismatch inside a
+    long traceback; this names the first one.
+
+    Raises:
+        WeightsError: naming the file, the tensor, the expected and the found shape.
+    """
+    expected = model.state_dict()
+    bad = [k for k, v in sd.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if bad:
+        k = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise WeightsError(
+            f"{path}: tensor {k} has shape {tuple(sd[k].shape)}, {name} expects {tuple(expected[k].shape)}{more}; "
+            "the checkpoint is for another architecture or was damaged"
+        )
 
 
 def build_model(
@@ -161,6 +193,7 @@ def build_model(
     if weights is not None:
         path = Path(weights)
         sd, reinit = _fit_checkpoint(load_state_dict(path), classes, in_channels, path)
+        _check_shapes(model, sd, path, f"deeplabv3_{backbone}")
         result = model.load_state_dict(sd, strict=False)
         missing = {k for k in result.missing_keys if not k.startswith(reinit)}
         if missing or result.unexpected_keys:

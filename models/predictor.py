@@ -86,8 +86,10 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalization = normalization
         if normalization is not None:
-            self._mean = torch.tensor(normalization.mean, dtype=torch.float32).view(1, -1, 1, 1)
-            self._std = torch.tensor(normalization.std, dtype=torch.float32).view(1, -1, 1, 1)
+            mean = torch.tensor(normalization.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+            std = torch.tensor(normalization.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+            self._scale = 1.0 / std
+            self._shift = -mean * self._scale
 
     def check_bands(self, bands: int) -> None:
         """Raise :class:`BandCountError` unless the model takes ``bands`` input bands."""
@@ -99,26 +101,74 @@ class Predictor:
         dtype = torch.bfloat16 if self.precision is Precision.BF16 else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def prepare(self, images: np.ndarray, valid: np.ndarray | None = None) -> torch.Tensor:
-        """Normalise (B, C, H, W) images to a float32 tensor, zeroing invalid pixels."""
+    def prepare(
+        self,
+        images: np.ndarray,
+        valid: np.ndarray | None = None,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """Normalise (B, C, H, W) images into a float32 tensor on the device, zeroing invalid pixels.
+
+        The raw pixels travel to the device in their own dtype (a uint8 batch
+        is a quarter of its float32 size), then one pass converts them to
+        float32 in the model's memory format, and the normalisation runs in
+        place.
+
+        Args:
+            images: (B, C, H, W) in any numeric dtype.
+            valid: (B, H, W) bool, or None for all valid.
+            mean: per-sample means (B, C), overriding the predictor's normalisation.
+            std: per-sample standard deviations (B, C), with ``mean``.
+        """
         if images.ndim != 4:
             raise ModelError(f"expected a (batch, bands, rows, cols) array, got shape {images.shape}")
         self.check_bands(images.shape[1])
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32)
-        if self.normalization is not None:
-            x = (x - self._mean) / self._std
-        if valid is not None:
-            x = x * torch.from_numpy(np.ascontiguousarray(valid)).unsqueeze(1).to(torch.float32)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        x = x.to(torch.float32, memory_format=fmt)
+        shift, scale = self._affine(images.shape[:2], mean, std)
+        if shift is not None and scale is not None:
+            torch.addcmul(shift, x, scale, out=x)  # (x - mean) / std in one pass
+        if valid is not None and not np.all(valid):  # most tiles are wholly valid: skip the pass
+            keep = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=True)
+            x.masked_fill_(~keep.unsqueeze(1), 0.0)
         return x
 
+    def _affine(
+        self, batch_bands: tuple[int, ...], mean: np.ndarray | None, std: np.ndarray | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The (B or 1, C, 1, 1) shift and scale with ``(x - mean) / std == shift + x * scale``."""
+        if mean is not None and std is not None:
+            m = torch.as_tensor(np.asarray(mean, np.float32).reshape(batch_bands), device=self.device)
+            scale = 1.0 / torch.as_tensor(np.asarray(std, np.float32).reshape(batch_bands), device=self.device)
+            return (-m * scale)[..., None, None], scale[..., None, None]
+        if self.normalization is None:
+            return None, None
+        return self._shift, self._scale
+
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """Class probabilities (B, K, H, W) float32 for images (B, C, H, W)."""
-        x = self.prepare(images, valid).to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def scores(
+        self,
+        images: np.ndarray,
+        valid: np.ndarray | None = None,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> np.ndarray:
+        """Class probabilities (B, K, H, W) for images (B, C, H, W), as a contiguous ``dtype`` array.
+
+        ``mean``/``std`` (B, C) normalise each sample with its own scene's
+        statistics (see :meth:`prepare`).
+        """
+        x = self.prepare(images, valid, mean, std)
         with self._autocast():
             out = self.model(x)
         if isinstance(out, dict):
             out = out["out"]
-        return torch.softmax(out.float(), dim=1).cpu().numpy()
+        probs = torch.softmax(out.float(), dim=1).to(dtype).contiguous()
+        return probs.cpu().numpy()
+
+    def __call__(self, images: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (B, K, H, W) float32 for images (B, C, H, W)."""
+        return self.scores(images, valid)

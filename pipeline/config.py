@@ -16,7 +16,15 @@ from typing import Any
 from models import Backbone, Precision
 from tiling.core import BlendMode, EdgeMode, window_bounds
 from tiling.errors import ConfigError
-from tiling.formats.base import ModelProvenance, SinkRequest
+from tiling.formats.base import (
+    DEFAULT_MAX_BANDS,
+    DEFAULT_MAX_CHUNK_MB,
+    DEFAULT_MAX_PIXELS,
+    ComplexPart,
+    ModelProvenance,
+    SinkRequest,
+    SourceLimits,
+)
 from tiling.options import lookup_option
 
 __all__ = [
@@ -63,17 +71,27 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Which part of a source to read, and how to scale its intensities.
+    """Which part of a source to read, how to scale its intensities, and how large a source may be.
 
-    ``bands``, ``series`` and ``level`` are reader options: each is passed to
-    the source's format, which refuses one it does not take (``--level`` on
-    a GeoTIFF) naming the formats that do.
+    ``bands``, ``series``, ``level``, ``allow_drivers`` and ``complex`` are
+    reader options: each is passed to the source's format, which refuses one
+    it does not take (``--level`` on a GeoTIFF) naming the formats that do.
+    ``max_pixels``, ``max_bands`` and ``max_chunk_mb`` are the
+    :class:`~tiling.formats.base.SourceLimits` every source is checked
+    against right after opening (their defaults say why).
     """
 
     bands: tuple[int, ...] | None = None  # GeoTIFF: 1-based bands to read; None = every band
     series: str | None = None  # DICOM SeriesInstanceUID when a folder holds several
     level: int | None = None  # OME-Zarr multiscale level (0 = full resolution)
     window: str | None = None  # CT intensity window: "low,high" in HU, or a preset name
+    # GeoTIFF: GDAL raster drivers to open beyond GTiff (VRT, JP2OpenJPEG...); a VRT can
+    # point at any file and claim any size, so none is opened unless named
+    allow_drivers: tuple[str, ...] | None = None
+    complex: ComplexPart | str | None = None  # complex (SAR) pixels as abs|real|imag|phase; None = refuse them
+    max_pixels: int = DEFAULT_MAX_PIXELS  # pixels over all spatial axes; 10 G = 100k x 100k
+    max_bands: int = DEFAULT_MAX_BANDS  # above every hyperspectral sensor in use
+    max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB  # one storage chunk of one band, decoded whole
 
     def validate(self) -> InputConfig:
         """Check the values.
@@ -89,11 +107,26 @@ class InputConfig:
             raise ConfigError(f"level: must be a non-negative integer, got {self.level!r}")
         if self.window is not None:
             window_bounds(self.window)  # raises ConfigError naming the presets
-        return self
+        self.limits()  # raises ConfigError naming a limit that is not a positive integer
+        complex_part = None if self.complex is None else lookup_option(self.complex, ComplexPart, "complex")
+        return replace(self, complex=complex_part)
+
+    def limits(self) -> SourceLimits:
+        """The size limits a source is checked against right after opening.
+
+        Raises:
+            ConfigError: if a limit is not a positive integer.
+        """
+        return SourceLimits(self.max_pixels, self.max_bands, self.max_chunk_mb)
 
     def source_options(self) -> dict[str, Any]:
-        """The reader options that were given, by their format option names."""
-        return {"bands": self.bands, "series": self.series, "level": self.level}
+        """The keywords :func:`tiling.formats.open_source` takes: the reader options
+        that were given, by their format option names, and ``limits``.
+        """
+        return {
+            "bands": self.bands, "series": self.series, "level": self.level,
+            "allow_drivers": self.allow_drivers, "complex": self.complex, "limits": self.limits(),
+        }  # fmt: skip
 
     def bounds(self) -> tuple[float, float] | None:
         """The intensity window as (low, high), or None."""
@@ -139,11 +172,21 @@ class InferenceConfig:
     batch: int = 8  # tiles per forward pass
     actors: int | None = None  # model replicas; None = one per GPU, or one on CPU
     device: str | None = None  # None = cuda when available
-    tiles_per_task: int | None = None  # tiles per Ray read task; None = 4 batches
+    # Bytes of tiles per Ray read task: amortises opening the source, still
+    # spreads one scene over many tasks (a whole number of batches per task).
+    task_mb: int = 64
     # Cap on Ray Data's object-store use for tiles in flight: without it, reads
     # run ahead of the model and queue up to 30% of RAM, so memory would grow
     # with the scene until that cap. 256 MiB keeps a few batches per operator.
     inflight_mb: int = 256
+    # A model actor that dies (out of memory, a crashing decoder) is restarted
+    # this many times, then the run ends naming the tiles left; Ray's default
+    # of unlimited restarts turns a reproducible crash into a run that never ends.
+    max_restarts: int = 3
+    # Seconds without a finished tile before the run ends saying where it
+    # stood; 0 waits forever. A 512 px ResNet-101 batch takes well under a
+    # minute even on a small CPU, so 10 minutes means something is stuck.
+    stall_timeout: float = 600.0
 
     def validate(self) -> InferenceConfig:
         """Check the values.
@@ -151,10 +194,16 @@ class InferenceConfig:
         Raises:
             ConfigError: naming the first invalid field.
         """
-        for name in ("batch", "actors", "tiles_per_task", "inflight_mb"):
+        for name in ("batch", "actors", "task_mb", "inflight_mb"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ConfigError(f"max_restarts: must be 0 or more, got {self.max_restarts!r}")
+        if not (isinstance(self.stall_timeout, (int, float)) and self.stall_timeout >= 0):
+            raise ConfigError(
+                f"stall_timeout: must be 0 (wait forever) or a number of seconds, got {self.stall_timeout!r}"
+            )
         return self
 
 
@@ -240,6 +289,7 @@ class PipelineConfig:
     products: ProductsConfig = field(default_factory=ProductsConfig)
     save_probs: bool = False
     allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
+    overwrite: bool = False  # replace existing masks, and only those tilewise wrote
     output_format: str | None = None  # a format's --format name (cog, ome-zarr, dicom-seg); None = from --out
 
     def validate(self) -> PipelineConfig:

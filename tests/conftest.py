@@ -38,8 +38,12 @@ def ray_session():
     """One local Ray with 2 CPUs for every test that needs it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline import ray_env
+
+    # the same start-up the CLI uses (it may already have begun in the background)
+    ray_env.ensure_ray(num_cpus=2)
     yield ray
+    ray_env.shutdown()
     ray.shutdown()
 
 

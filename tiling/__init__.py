@@ -25,11 +25,12 @@ from tiling.errors import (
     SinkFinalizedError,
     SourceOpenError,
     SourceReadError,
+    SourceTooLargeError,
     TilingError,
     WindowError,
 )
 from tiling.formats import SourceSpec, open_sink, open_source, sniff, spec_of
-from tiling.formats.base import Sink, SinkRequest, Source
+from tiling.formats.base import Sink, SinkRequest, Source, SourceLimits
 from tiling.formats.reference import ArrayTransform, GeoRef, MapReference, SlideGeometry, VolumeGeometry
 
 __all__ = [
@@ -47,9 +48,11 @@ __all__ = [
     "SinkRequest",
     "SlideGeometry",
     "Source",
+    "SourceLimits",
     "SourceOpenError",
     "SourceReadError",
     "SourceSpec",
+    "SourceTooLargeError",
     "Stitcher",
     "TileGrid",
     "TileLayout",

@@ -14,6 +14,7 @@ __all__ = [
     "SinkFinalizedError",
     "SourceOpenError",
     "SourceReadError",
+    "SourceTooLargeError",
     "TilingError",
     "WindowError",
 ]
@@ -25,6 +26,10 @@ class TilingError(Exception):
 
 class SourceOpenError(TilingError, OSError):
     """A source is missing, unreadable, corrupt or of an unsupported kind."""
+
+
+class SourceTooLargeError(SourceOpenError):
+    """A source claims more pixels, bands or chunk bytes than the configured limits allow."""
 
 
 class SourceReadError(TilingError, OSError):

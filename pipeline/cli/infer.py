@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -14,7 +17,20 @@ from pipeline.config import PipelineConfig
 from pipeline.products import check_products, make_products
 from tiling.formats import output_format, sink_options
 
-__all__ = ["infer", "run_infer"]
+__all__ = ["Terminated", "infer", "run_infer"]
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so every sink aborts and nothing is left half-written."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], progress: bool) -> None:
@@ -24,8 +40,13 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     other scenes still finish.
     """
     from pipeline.infer import USER_ERRORS, infer_many, infer_scene
+    from pipeline.ray_env import start_ray
 
+    _catch_sigterm()
     try:
+        # Ray starts in the background while the sources are opened and checked
+        ray_options = {k: values.get(f"ray__{k}") for k in ("address", "num_cpus")}
+        start_ray(ray_options["address"], ray_options["num_cpus"])
         cfg: PipelineConfig = build_config(values).validate()
         batch = len(sources) > 1
         if batch and not out.is_dir():
@@ -44,6 +65,9 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     except KeyboardInterrupt:
         click.echo(f"interrupted; nothing written at {out}", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo(f"terminated; nothing written at {out}", err=True)
+        sys.exit(143)
     failed = 0
     for src, r in outcome.items():
         try:

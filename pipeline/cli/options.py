@@ -32,6 +32,7 @@ from pipeline.config import (
     TilingConfig,
 )
 from tiling.core import BlendMode, EdgeMode
+from tiling.formats.base import ComplexPart
 from tiling.formats.dicom import SegType
 
 __all__ = ["FLAGS", "SECTIONS", "Flag", "build_config", "config_options"]
@@ -60,6 +61,28 @@ def _csv_ints(value: str) -> tuple[int, ...]:
 
 def _csv_names(value: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in value.split(","))
+
+
+class _Count(click.ParamType[int]):
+    """A whole number written plainly, with underscores, or in exponent form (``2e10``)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            number = float("nan")
+        if not number.is_integer():
+            self.fail(f"expected a whole number like 20000000000 or 2e10, got {value!r}", param, ctx)
+        return int(number)
 
 
 def _choice(enum: type[Enum]) -> click.Choice[str]:
@@ -135,6 +158,20 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("--batch", "inference", "batch", "Tiles per forward pass.", int),
     Flag("--actors", "inference", "actors", "Model replicas (default: one per GPU, else one).", int),
+    Flag(
+        "--max-restarts",
+        "inference",
+        "max_restarts",
+        "Restarts of a model actor that died (out of memory, a crash) before the run ends.",
+        int,
+    ),
+    Flag(
+        "--stall-timeout",
+        "inference",
+        "stall_timeout",
+        "Seconds without a finished tile before the run ends saying where it stood (0: wait forever).",
+        float,
+    ),
     Flag("--device", "inference", "device", "torch device (default: cuda if available, else cpu)."),
     Flag("--classes", "model", "classes", "Number of output classes K.", int),
     Flag("--class-names", "model", "class_names", "Comma-separated class names (K of them).", None, _csv_names),
@@ -151,6 +188,26 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--series", "input", "series", "DICOM SeriesInstanceUID, when the folder holds several series."),
     Flag("--level", "input", "level", "OME-Zarr multiscale level to segment (default 0).", int),
     Flag("--window", "input", "window", "CT intensity window 'low,high' in HU, or soft-tissue|lung|bone|brain."),
+    Flag(
+        "--allow-drivers",
+        "input",
+        "allow_drivers",
+        "GeoTIFF: also open these GDAL raster drivers, e.g. VRT or JP2OpenJPEG,PNG (default: GTiff/COG only).",
+        None,
+        _csv_names,
+    ),
+    Flag(
+        "--complex",
+        "input",
+        "complex",
+        "Complex (SAR) pixels: read their abs, real, imag or phase (default: refuse them).",
+        _choice(ComplexPart),
+    ),
+    Flag("--max-pixels", "input", "max_pixels", "Refuse a source claiming more pixels (2e10 works too).", _Count()),
+    Flag("--max-bands", "input", "max_bands", "Refuse a source claiming more bands.", int),
+    Flag(
+        "--max-chunk-mb", "input", "max_chunk_mb", "Refuse a source whose storage chunk per band is larger (MiB).", int
+    ),
     Flag("--address", "ray", "address", "Ray cluster to join (default: start a local Ray).", envvar="RAY_ADDRESS"),
     Flag("--num-cpus", "ray", "num_cpus", "CPUs for the local Ray (default: all).", int),
     Flag(
@@ -203,6 +260,13 @@ FLAGS: tuple[Flag, ...] = (
         "products",
         "quicklook",
         "Also write <mask>.quicklook.png: the source, the mask, a legend.",
+        is_flag=True,
+    ),
+    Flag(
+        "--overwrite",
+        None,
+        "overwrite",
+        "Replace existing masks; only masks tilewise wrote are ever replaced.",
         is_flag=True,
     ),
 )

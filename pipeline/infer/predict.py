@@ -1,11 +1,17 @@
-"""The Ray Data UDF that runs the model: one instance per actor, model loaded once."""
+"""The Ray Data UDF that runs the model: one instance per actor, model loaded once, no per-scene state.
+
+Each batch carries its own normalisation (``mean``/``std`` per tile), so one
+pool of actors serves every scene of a run, and a batch may hold tiles of
+several scenes. Rows that stand for a failed read (``error`` set) are
+skipped and passed through.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from models import Normalization, Precision, Predictor, build_model
+from models import Precision, Predictor, build_model
 from pipeline.config import ModelConfig
 
 __all__ = ["PredictUDF"]
@@ -18,8 +24,7 @@ class PredictUDF:
         model: a ready ``torch.nn.Module``, or None to build DeepLabV3 from
             ``model_config`` in the actor (weights are read where it runs).
         model_config: backbone, classes, weights, precision.
-        bands: input band count.
-        normalization: per-band mean/std.
+        bands: input channels of the model.
         device: torch device for the forward pass.
         threads: torch intra-op threads on CPU (Ray sets 1 by default).
     """
@@ -29,7 +34,6 @@ class PredictUDF:
         model: torch.nn.Module | None,
         model_config: ModelConfig,
         bands: int,
-        normalization: Normalization | None,
         device: str | None,
         threads: int,
     ) -> None:
@@ -38,10 +42,10 @@ class PredictUDF:
         if model is None:
             model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
         self.classes = model_config.classes
-        self.predictor = Predictor(model, normalization, model_config.precision, model_config.channels_last, device)
+        self.predictor = Predictor(model, None, model_config.precision, model_config.channels_last, device)
         # Scores cross the object store; below fp32 the model has no more
         # precision than float16 carries, so halve the bytes.
-        self.dtype = np.float32 if self.predictor.precision is Precision.FP32 else np.float16
+        self.dtype = torch.float32 if self.predictor.precision is Precision.FP32 else torch.float16
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Class scores (n, K, t, t) for a batch of tiles; tiles marked ``skip`` get zeros."""
@@ -50,8 +54,14 @@ class PredictUDF:
         # OMP_NUM_THREADS=1): set it where the forward pass runs.
         torch.set_num_threads(self.threads)
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
-        scores = np.zeros((len(images), self.classes, *images.shape[2:]), self.dtype)
+        np_dtype = np.float32 if self.dtype is torch.float32 else np.float16
+        scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)
         run = ~skip
         if run.any():
-            scores[run] = self.predictor(images[run], valid[run])
-        return {"index": batch["index"], "scores": scores, "valid": valid, "skip": skip}
+            scores[run] = self.predictor.scores(
+                images[run], valid[run], batch["mean"][run], batch["std"][run], dtype=self.dtype
+            )
+        return {
+            "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
+            "error": batch["error"], "internal": batch["internal"],
+        }  # fmt: skip

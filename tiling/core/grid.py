@@ -7,9 +7,10 @@ axes are tiled like a 2-D scene.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import overload
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from tiling.core.windows import EdgeMode, Window, axis_starts, core_bounds
 from tiling.errors import ConfigError
 from tiling.options import lookup_option
 
-__all__ = ["TileGrid"]
+__all__ = ["TileGrid", "Windows"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ class TileGrid:
         return tuple(1 if a == self.slice_axis else self.tile for a in range(3))
 
     @cached_property
+    def tile_shape_2d(self) -> tuple[int, int]:
+        """The model's tile: the window shape without a volume's one-voxel slice axis."""
+        return (self.tile, self.tile)
+
+    @cached_property
     def stride(self) -> tuple[int, ...]:
         """Step between window starts along each axis."""
         base = max(1, round(self.tile * (1 - self.overlap)))
@@ -85,13 +91,49 @@ class TileGrid:
         """Window start offsets along each axis."""
         return tuple(axis_starts(n, t, s, self._edge) for n, t, s in zip(self.shape, self.tile_shape, self.stride))
 
+    @property
+    def windows(self) -> Windows:
+        """Every tile window, in C order, computed on demand; a window may overrun the scene.
+
+        The plan of a huge scene is never materialised: ``windows[i]`` is
+        arithmetic on the per-axis starts.
+        """
+        return Windows(self)
+
+    def window(self, index: int) -> Window:
+        """Tile ``index``'s window (C order over the per-axis starts)."""
+        pos = np.unravel_index(index, self.counts)
+        return Window(tuple(self.starts[a][int(p)] for a, p in enumerate(pos)), self.tile_shape)
+
     @cached_property
-    def windows(self) -> list[Window]:
-        """Every tile window, in C order; a window may overrun the scene."""
-        return [Window(start, self.tile_shape) for start in itertools.product(*self.starts)]
+    def counts(self) -> tuple[int, ...]:
+        """Number of windows along each axis."""
+        return tuple(len(s) for s in self.starts)
 
     def __len__(self) -> int:
-        return int(np.prod([len(s) for s in self.starts]))
+        return int(np.prod(self.counts, dtype=np.int64))
+
+    def tiles_per_block(self, block: Sequence[int]) -> np.ndarray:
+        """For every output block of shape ``block``, how many windows touch it.
+
+        Windows are a cartesian product of per-axis starts, so the count is
+        the outer product of per-axis counts: no loop over the windows.
+
+        Returns:
+            int32 array of shape ``ceil(shape / block)`` per axis.
+        """
+        per_axis = []
+        for n, b, t, starts in zip(self.shape, block, self.tile_shape, self.starts):
+            counts = np.zeros(-(-n // b), np.int32)
+            for s in starts:
+                lo, hi = max(s, 0), min(s + t, n)
+                if hi > lo:
+                    counts[lo // b : (hi - 1) // b + 1] += 1
+            per_axis.append(counts)
+        out = per_axis[0]
+        for c in per_axis[1:]:
+            out = np.multiply.outer(out, c)
+        return np.asarray(out, np.int32)
 
     @cached_property
     def _cores(self) -> tuple[list[tuple[int, int]], ...]:
@@ -102,6 +144,32 @@ class TileGrid:
 
         The cores of all windows partition the scene.
         """
-        pos = np.unravel_index(index, [len(s) for s in self.starts])
+        pos = np.unravel_index(index, self.counts)
         bounds = [self._cores[a][int(p)] for a, p in enumerate(pos)]
         return Window(tuple(lo for lo, _ in bounds), tuple(hi - lo for lo, hi in bounds))
+
+
+class Windows(Sequence[Window]):
+    """The windows of a :class:`TileGrid` as a lazy sequence (indexing and slicing compute them)."""
+
+    def __init__(self, grid: TileGrid) -> None:
+        self._grid = grid
+
+    def __len__(self) -> int:
+        return len(self._grid)
+
+    @overload
+    def __getitem__(self, index: int) -> Window: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Window]: ...
+    def __getitem__(self, index: int | slice) -> Window | list[Window]:
+        if isinstance(index, slice):
+            return [self._grid.window(i) for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"tile {index} is outside the plan of {n} tiles")
+        return self._grid.window(index % n)
+
+    def __iter__(self) -> Iterator[Window]:
+        for i in range(len(self)):
+            yield self._grid.window(i)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
+import re
 import shutil
+import socket
 import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,12 +36,47 @@ from tiling.core.windows import Window, clip, intersection
 from tiling.errors import TilingError
 from tiling.options import lookup_option
 
-__all__ = ["DEFAULT_MAX_OPEN_BYTES", "BlockWriter", "Stitcher", "finish_block"]
+__all__ = [
+    "DEFAULT_MAX_OPEN_BYTES",
+    "BlockWriter",
+    "Stitcher",
+    "class_argmax",
+    "finish_block",
+    "remove_stale_spill_dirs",
+]
 
 log = logging.getLogger(__name__)
 
 #: Default cap on accumulator memory before spilling to disk.
 DEFAULT_MAX_OPEN_BYTES = 128 * 2**20
+#: Spill folders are ``<tmp>/tilewise-spill-<host>-<pid>-<random>``.
+SPILL_PREFIX = "tilewise-spill-"
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def remove_stale_spill_dirs(tmp: str | Path | None = None) -> list[Path]:
+    """Remove spill folders that killed runs on this host left in the temp dir; returns them.
+
+    A folder counts as stale only if its name is this module's pattern and
+    the process named in it is gone.
+    """
+    pattern = re.compile(rf"^{SPILL_PREFIX}{re.escape(_HOST)}-(\d+)-")
+    removed = []
+    folder = Path(tmp or tempfile.gettempdir())
+    for entry in folder.glob(f"{SPILL_PREFIX}*"):
+        m = pattern.match(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 class BlockWriter(Protocol):
@@ -79,12 +117,10 @@ class Stitcher:
         self.keep_probs = keep_probs
         self.max_open_bytes = max_open_bytes
         self.shape = grid.shape
-        self.nblocks = tuple(math.ceil(n / b) for n, b in zip(self.shape, block))
-        self.pending = np.zeros(self.nblocks, np.int32)
         if len(block) != len(self.shape):
             raise TilingError(f"output block {block} and scene {self.shape} differ in axes")
-        for window in grid.windows:
-            self.pending[self._block_range(clip(window, self.shape))] += 1
+        self.nblocks = tuple(math.ceil(n / b) for n, b in zip(self.shape, block))
+        self.pending = grid.tiles_per_block(block)
         self._seen = np.zeros(len(grid), bool)
         self._open: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._open_bytes = 0  # bytes held by the accumulators in _open
@@ -110,7 +146,7 @@ class Stitcher:
 
     def weights(self, index: int) -> np.ndarray:
         """Blend weights of tile ``index`` over its full (unclipped) window."""
-        window = self.grid.windows[index]
+        window = self.grid.window(index)
         core = None
         if self.blend is BlendMode.CENTER:
             core = self.grid.core(index).relative_to(window)
@@ -121,6 +157,13 @@ class Stitcher:
     def done(self) -> bool:
         """Whether every planned tile has been added."""
         return bool(self._seen.all())
+
+    @property
+    def seen(self) -> np.ndarray:
+        """(tiles,) bool: which planned tiles have been added (a read-only view)."""
+        view = self._seen.view()
+        view.setflags(write=False)
+        return view
 
     def add(self, index: int, scores: np.ndarray | None, valid: np.ndarray | None = None) -> None:
         """Add tile ``index``'s class scores.
@@ -140,30 +183,32 @@ class Stitcher:
             raise TilingError(f"tile index {index} is outside the plan of {len(self._seen)} tiles")
         if self._seen[index]:
             raise TilingError(f"tile {index} was added twice")
-        window = self.grid.windows[index]
+        window = self.grid.window(index)
         expected = (self.classes, *window.shape)
         if scores is not None and scores.shape != expected:
             raise TilingError(f"tile {index}: scores have shape {scores.shape}, expected {expected}")
         self._seen[index] = True
         self.skipped += scores is None
         inside = clip(window, self.shape)
-        weight = None
+        weight = weighted = None
         if scores is not None:
             weight = self.weights(index)
             if valid is not None:
                 weight = weight * valid
+            weighted = np.multiply(scores, weight, dtype=np.float32)  # once per tile, not per block
         for key in self._block_keys(inside):
-            if weight is not None and scores is not None:
-                part = intersection(inside, self._block_window(key))
+            if weight is not None and weighted is not None:
+                block = self._block_window(key)
+                part = intersection(inside, block)
                 src = part.relative_to(window).to_slices()
-                dst = part.relative_to(self._block_window(key)).to_slices()
+                dst = part.relative_to(block).to_slices()
                 w = weight[src]
                 if w.any():
                     acc = self._get(key)
                     scores_src: tuple[slice | int, ...] = (slice(None), *src)
                     scores_at: tuple[slice | int, ...] = (slice(None, self.classes), *dst)
                     weight_at: tuple[slice | int, ...] = (self.classes, *dst)
-                    acc[scores_at] += scores[scores_src] * w
+                    acc[scores_at] += weighted[scores_src]
                     acc[weight_at] += w
             self.pending[key] -= 1
             if self.pending[key] == 0:
@@ -197,7 +242,8 @@ class Stitcher:
         while self._open_bytes > self.max_open_bytes and len(self._open) > 1:
             key, acc = self._open.popitem(last=False)
             if self._spill_dir is None:
-                self._spill_dir = Path(tempfile.mkdtemp(prefix="tilewise-spill-"))
+                remove_stale_spill_dirs()
+                self._spill_dir = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{_HOST}-{os.getpid()}-"))
                 log.info("stitch accumulators exceed %d bytes; spilling to %s", self.max_open_bytes, self._spill_dir)
             np.save(self._spill_path(key), acc)
             self._spilled.add(key)
@@ -218,6 +264,15 @@ class Stitcher:
         labels, probs = finish_block(acc, self.classes, window.shape, self.keep_probs)
         self.writer.write(window, labels, probs)
         self.blocks_written += 1
+
+    def discard(self) -> None:
+        """Drop every accumulator and remove spill files (a run that failed or was interrupted)."""
+        self._open.clear()
+        self._open_bytes = 0
+        self._spilled.clear()
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
 
     def close(self) -> None:
         """Check that every block was written and remove spill files.
@@ -245,10 +300,27 @@ def finish_block(
         return labels, (np.zeros((classes, *shape), np.float32) if keep_probs else None)
     weight = acc[classes]
     empty = weight <= 0
-    probs = acc[:classes] / np.where(empty, 1.0, weight)
-    labels = probs.argmax(axis=0).astype(np.uint8)
+    labels = class_argmax(acc[:classes])  # dividing by the weight changes no argmax
     labels[empty] = LABEL_NODATA
     if keep_probs:
+        probs = acc[:classes] / np.where(empty, 1.0, weight)
         probs[:, empty] = 0.0
         return labels, probs
     return labels, None
+
+
+def class_argmax(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(axis=0)`` as uint8, for (K, ...) scores with K < 256.
+
+    One comparison per class over contiguous planes instead of numpy's
+    strided reduction along the first axis (about 8x faster for few
+    classes). Ties go to the lowest class, as with argmax.
+    """
+    best = scores[0].copy()
+    labels = np.zeros(best.shape, np.uint8)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        np.copyto(labels, np.uint8(k), where=better)
+        if k < scores.shape[0] - 1:
+            np.maximum(best, scores[k], out=best)
+    return labels

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from tiling.errors import ConfigError, SourceOpenError
-from tiling.formats.base import Format, NoOptions, Sink, SinkRequest, Source
+from tiling.formats.base import Format, NoOptions, Sink, SinkRequest, Source, SourceLimits
 
 __all__ = [
     "BUILTIN",
+    "DEFAULT_LIMITS",
+    "SourceLimits",
     "SourceSpec",
     "all_formats",
     "get_format",
@@ -45,6 +47,9 @@ BUILTIN: dict[str, str] = {
     "dicom": "tiling.formats.dicom:FORMAT",
     "zarr": "tiling.formats.zarr:FORMAT",
 }
+
+#: The size limits :func:`open_source` checks unless told otherwise.
+DEFAULT_LIMITS = SourceLimits()
 
 _locators: dict[str, str] = dict(BUILTIN)
 _loaded: dict[str, Format] = {}
@@ -173,18 +178,29 @@ def _missing_extra(fmt: Format, what: str, e: ModuleNotFoundError) -> SourceOpen
     return SourceOpenError(f"{what}: {fmt.title} needs the {e.name} package, which is not installed; {extra}")
 
 
-def open_source(path: str | Path, format: str | Format | None = None, **options: Any) -> Source:
-    """Open ``path`` with the reader of its format.
+def open_source(
+    path: str | Path,
+    format: str | Format | None = None,
+    *,
+    limits: SourceLimits | None = DEFAULT_LIMITS,
+    **options: Any,
+) -> Source:
+    """Open ``path`` with the reader of its format, and check what it claims against ``limits``.
 
     Args:
         path: the image file, folder or store.
         format: the registry name of the format; sniffed from the path when None.
+        limits: the largest pixel count, band count and storage chunk accepted,
+            checked right after opening so that no plan is ever made of an
+            absurd size claim; None skips the check (a worker reopening a
+            source the driver already checked).
         options: the format's reader options (``bands`` for GeoTIFF,
             ``series`` for DICOM, ``level`` for OME-Zarr...); None values are ignored.
 
     Raises:
         SourceOpenError: if the path is missing, of no known format, unreadable,
             or its format's libraries are not installed.
+        SourceTooLargeError: if it claims more than ``limits`` allow.
         ConfigError: if an option does not apply to the format or has a bad value.
     """
     path = Path(path)
@@ -193,9 +209,16 @@ def open_source(path: str | Path, format: str | Format | None = None, **options:
         raise ConfigError(f"{path}: {fmt.title} is an output format only")
     opts = options.pop("options", None) or source_options(fmt, options)
     try:
-        return fmt.open_source(path, opts)
+        source = fmt.open_source(path, opts)
     except ModuleNotFoundError as e:
         raise _missing_extra(fmt, str(path), e) from e
+    if limits is not None:
+        try:
+            limits.check(source)
+        except BaseException:
+            source.close()
+            raise
+    return source
 
 
 @dataclass(frozen=True)
@@ -213,8 +236,8 @@ class SourceSpec:
     options: Any = dataclasses.field(default_factory=NoOptions)
 
     def open(self) -> Source:
-        """Open the source this spec describes."""
-        return open_source(self.path, self.format, options=self.options)
+        """Open the source this spec describes (its size was checked when the spec was made)."""
+        return open_source(self.path, self.format, limits=None, options=self.options)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Carry the locator so a format registered at run time is found in the worker.

@@ -10,23 +10,40 @@ this module and never on each other.
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import shutil
+import socket
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from tiling.core.windows import Window, clip, intersects
-from tiling.errors import SinkError, SinkFinalizedError
+from tiling.errors import (
+    ConfigError,
+    SinkError,
+    SinkFinalizedError,
+    SourceOpenError,
+    SourceReadError,
+    SourceTooLargeError,
+)
 from tiling.formats.reference import Reference
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings at run time
     from typing_extensions import Self
 
 __all__ = [
+    "DEFAULT_MAX_BANDS",
+    "DEFAULT_MAX_CHUNK_MB",
+    "DEFAULT_MAX_PIXELS",
+    "ComplexPart",
     "Format",
     "ModelProvenance",
     "NoOptions",
@@ -34,9 +51,29 @@ __all__ = [
     "SinkRequest",
     "Source",
     "SourceBase",
+    "SourceLimits",
+    "check_complex",
     "check_writable",
     "empty_read",
+    "real_float32",
+    "sink_error",
+    "stale_temp_files",
+    "temp_name",
 ]
+
+#: Largest image, in pixels over every spatial axis: 10 gigapixels is a
+#: 100,000 x 100,000 whole-slide image, about 70,000 tiles of 512 px (hours on
+#: a GPU, days on a CPU). A larger claim is more often a broken or hostile
+#: header than an image anyone means to segment in one run.
+DEFAULT_MAX_PIXELS = 10_000_000_000
+#: Most bands: above every hyperspectral sensor in use (AVIRIS-NG has 425);
+#: one 512 px float32 tile of 512 bands is already 512 MiB.
+DEFAULT_MAX_BANDS = 512
+#: Largest storage chunk (block, strip, tile, frame) per band, in MiB. A reader
+#: decodes a chunk whole and the stitcher's output block follows a Zarr
+#: source's chunks; Zarr and Dask advise chunks of 1-100 MB, GeoTIFF blocks
+#: are 256-512 px, and a one-strip 8192 x 8192 float32 GeoTIFF is 256 MiB.
+DEFAULT_MAX_CHUNK_MB = 256
 
 
 @dataclass(frozen=True)
@@ -110,6 +147,132 @@ def empty_read(
     return data, valid, clip(window, shape)
 
 
+def _size_text(shape: Sequence[int]) -> str:
+    return " x ".join(f"{int(n):,}" for n in shape)
+
+
+@dataclass(frozen=True)
+class SourceLimits:
+    """The largest source tilewise opens, checked right after opening and before any planning.
+
+    A header is a claim: a 300-byte VRT can declare 1,000,000 x 1,000,000
+    pixels and a 265-byte Zarr store one 100,000 x 100,000 chunk, and
+    planning or stitching what they claim would exhaust memory. The registry
+    (:func:`tiling.formats.open_source`) checks every source against these
+    limits from its ``shape``, ``count``, ``dtype`` and ``block_shape``.
+
+    Attributes:
+        max_pixels: most pixels over every spatial axis (rows x cols, or z x y x).
+        max_bands: most bands (channels) per pixel.
+        max_chunk_mb: largest storage chunk of one band, ``prod(block_shape) * itemsize``, in MiB.
+
+    Raises:
+        ConfigError: if a limit is not a positive integer.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bands: int = DEFAULT_MAX_BANDS
+    max_chunk_mb: int = DEFAULT_MAX_CHUNK_MB
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_bands", "max_chunk_mb"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
+
+    def check(self, source: Source) -> None:
+        """Refuse ``source`` if it claims more than these limits allow.
+
+        Raises:
+            SourceTooLargeError: one line naming the file, the claimed size,
+                the limit and the flag that raises it.
+        """
+        path, shape = source.path, tuple(int(n) for n in source.shape)
+        pixels = math.prod(shape)
+        if pixels > self.max_pixels:
+            raise SourceTooLargeError(
+                f"{path}: claims {_size_text(shape)} pixels ({pixels:.3g}), over the limit of "
+                f"{self.max_pixels:.3g}; if the image is genuine, raise it with --max-pixels {pixels}"
+            )
+        if int(source.count) > self.max_bands:
+            raise SourceTooLargeError(
+                f"{path}: claims {int(source.count):,} bands, over the limit of {self.max_bands:,}; "
+                f"if the image is genuine, raise it with --max-bands {int(source.count)}"
+            )
+        block = tuple(int(n) for n in source.block_shape)
+        mib = math.prod(block) * np.dtype(source.dtype).itemsize / 2**20
+        if mib > self.max_chunk_mb:
+            raise SourceTooLargeError(
+                f"{path}: one storage chunk is {_size_text(block)} pixels of {np.dtype(source.dtype)} "
+                f"({mib:,.0f} MiB per band), over the limit of {self.max_chunk_mb:,} MiB; rechunk it, or "
+                f"if it is genuine raise the limit with --max-chunk-mb {math.ceil(mib)}"
+            )
+
+
+class ComplexPart(str, Enum):
+    """Which real value a reader makes of a complex pixel (SAR, interferograms).
+
+    A model takes real values, so complex input is refused unless one of
+    these is asked for.
+    """
+
+    ABS = "abs"  # amplitude |z|
+    REAL = "real"  # real part
+    IMAG = "imag"  # imaginary part
+    PHASE = "phase"  # angle in radians, in (-pi, pi]
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+def check_complex(path: Path, dtype: np.dtype | str, part: ComplexPart | None) -> None:
+    """Refuse complex pixels unless a conversion was asked for.
+
+    Raises:
+        SourceOpenError: if ``dtype`` is complex and ``part`` is None.
+    """
+    if part is None and str(dtype).startswith("complex"):
+        raise SourceOpenError(
+            f"{path}: has complex pixels ({dtype}), e.g. SAR; a model takes real values, so pass "
+            "--complex abs (amplitude), real, imag or phase (complex= in Python)"
+        )
+
+
+#: The largest finite float32.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def real_float32(data: np.ndarray, path: Path, where: str, part: ComplexPart | None = None) -> np.ndarray:
+    """Float or complex pixels as float32, complex ones through ``part``.
+
+    Args:
+        data: pixels of any float or complex dtype.
+        path: the file, for the message.
+        where: which part of it was read, for the message (``rows 0:256, cols 0:256``).
+        part: what to make of complex values; required when ``data`` is complex.
+
+    Raises:
+        SourceReadError: if a finite value lies beyond float32's range: cast, it
+            would become infinite and so silently nodata.
+    """
+    if data.dtype.kind == "c":
+        check_complex(path, data.dtype, part)
+        part = ComplexPart(part)
+        convert: dict[ComplexPart, Callable[[np.ndarray], np.ndarray]] = {
+            ComplexPart.ABS: np.abs, ComplexPart.REAL: np.real, ComplexPart.IMAG: np.imag, ComplexPart.PHASE: np.angle,
+        }  # fmt: skip
+        data = convert[part](data)
+    if data.dtype.itemsize > 4:
+        finite = data[np.isfinite(data)]
+        if finite.size and max(-float(finite.min()), float(finite.max())) > _FLOAT32_MAX:
+            raise SourceReadError(
+                f"{path}: {where} holds values from {float(finite.min()):.3g} to {float(finite.max()):.3g}, "
+                f"beyond float32's range (+-{_FLOAT32_MAX:.3g}) in which tilewise computes; "
+                "rescale the data first (e.g. gdal_translate -scale)"
+            )
+    return data.astype(np.float32, copy=False)
+
+
 class SourceBase:
     """Context-manager plumbing shared by the readers: ``with`` closes the source."""
 
@@ -145,6 +308,74 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise SinkError(f"{path}: cannot write output, a file of that name exists")
     if not folder and path.is_dir():
         raise SinkError(f"{path}: cannot write output, a folder of that name exists")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def sink_error(path: Path, e: BaseException, doing: str = "writing") -> SinkError:
+    """One line for an I/O failure while writing ``path``; a full disk says so and what to do.
+
+    GDAL, zarr and the OS report a full disk in different words (ENOSPC,
+    "No space left on device", "Free disk space available is ..."); all of
+    them become the same message.
+    """
+    text = " ".join(str(e).split()) or type(e).__name__
+    errno = getattr(e, "errno", None)
+    if errno == 28 or "no space left" in text.lower() or "free disk space" in text.lower() or _nearly_full(path):
+        return SinkError(
+            f"{path}: no space left on the device while {doing} it; free some space or choose another --out"
+        )
+    if errno == 27 or "file too large" in text.lower():
+        return SinkError(f"{path}: the file grew past the size this file system or process allows while {doing} it")
+    return SinkError(f"{path}: cannot write output ({text})")
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system of ``path`` has (almost) no space left: libraries often say only "I/O error"."""
+    try:
+        return shutil.disk_usage(path.parent).free < 2**20
+    except OSError:
+        return False
+
+
+def temp_name(final: Path, suffix: str) -> Path:
+    """A hidden sibling of ``final`` for work in progress: ``.<name>.<host>-<pid>-<random><suffix>``.
+
+    The host and process id in the name let a later run tell the leftovers of
+    a killed run (its process is gone) from the work of a live one
+    (:func:`stale_temp_files`).
+    """
+    return final.with_name(f".{final.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def stale_temp_files(final: Path) -> list[Path]:
+    """The temporary files and folders of ``final`` left by runs on this host whose process is gone.
+
+    Only names made by :func:`temp_name` match, so nothing a user made is
+    ever listed.
+    """
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{re.escape(_host())}-(\d+)-[0-9a-f]{{8}}\.")
+    stale: list[Path] = []
+    parent = final.parent
+    if not parent.is_dir():
+        return stale
+    for entry in parent.iterdir():
+        m = pattern.match(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            stale.append(entry)
+    return sorted(stale)
 
 
 @dataclass(frozen=True)
@@ -207,6 +438,15 @@ class Sink(ABC):
     #: Where the probabilities are published when they are a file of their own; None otherwise.
     probs: Path | None = None
     _closed: bool = False
+
+    @classmethod
+    def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:
+        """Every path :meth:`finalize` would publish for a mask at ``path``, mask first.
+
+        A run checks all of them before any work (none may be an input, an
+        output of another scene, or a file tilewise did not write).
+        """
+        return (path,)
 
     @classmethod
     @abstractmethod
@@ -285,6 +525,8 @@ class Format:
         suffixes: output suffixes that select this sink (``.tif``), lower case.
         extra: the pip extra that installs this format's libraries, if any.
         priority: lower sniffs first; a catch-all format (GDAL) goes last.
+        owns: whether an existing path is a mask this format's sink wrote
+            (it carries tilewise's mark); ``--overwrite`` replaces nothing else.
     """
 
     name: str
@@ -298,6 +540,7 @@ class Format:
     extra: str | None = None
     priority: int = 50
     sink_options: type = NoOptions
+    owns: Callable[[Path], bool] | None = None
 
     @property
     def writes(self) -> str:

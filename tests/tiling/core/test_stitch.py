@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tests.strategies import blends, blocks, edges, overlaps, sizes, tiles
 from tiling import LABEL_NODATA, Stitcher, TileGrid, TilingError, Window
+from tiling.core.stitch import class_argmax
 
 
 class ArrayWriter:
@@ -115,3 +116,13 @@ def test_missing_or_duplicate_tiles_are_errors() -> None:
         st_.add(1, np.zeros((3, 32, 32), np.float32))
     with pytest.raises(TilingError, match="never arrived"):
         st_.close()
+
+
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(0, 10_000))
+def test_class_argmax_equals_argmax_with_ties(classes: int, size: int, levels: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # few distinct levels make ties common: argmax keeps the lowest class, and so must we
+    scores = rng.integers(0, levels + 1, (classes, size, size)).astype(np.float32)
+    labels = class_argmax(scores)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, scores.argmax(axis=0))

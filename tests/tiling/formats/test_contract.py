@@ -21,9 +21,9 @@ from tests.support import npy_format
 from tiling import formats
 from tiling.core import Window, plan_windows
 from tiling.core.windows import clip
-from tiling.errors import SinkFinalizedError
+from tiling.errors import SinkFinalizedError, SourceTooLargeError
 from tiling.formats import BUILTIN, open_sink, open_source, spec_of
-from tiling.formats.base import SinkRequest, Source
+from tiling.formats.base import SinkRequest, Source, SourceLimits
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,19 @@ def test_invalid_pixels_are_zero(case: Case) -> None:
         assert not data[:, ~valid].any()
         if case.id.endswith("nodata"):
             assert (~valid).any() and valid.any(), "this sample has nodata and valid pixels"
+
+
+def test_size_limits_are_checked_for_every_format(case: Case) -> None:
+    """The registry checks what any source claims (shape, count), whatever its format; the chunk
+    check uses ``block_shape`` and ``dtype`` alike (tests/tiling/formats/test_limits.py)."""
+    with open_source(case.path) as src:
+        pixels, count = int(np.prod(src.shape)), src.count
+    open_source(case.path, limits=SourceLimits(max_pixels=pixels, max_bands=count)).close()
+    with pytest.raises(SourceTooLargeError, match=f"--max-pixels {pixels}"):
+        open_source(case.path, limits=SourceLimits(max_pixels=pixels - 1))
+    if count > 1:
+        with pytest.raises(SourceTooLargeError, match=f"--max-bands {count}"):
+            open_source(case.path, limits=SourceLimits(max_bands=count - 1))
 
 
 def test_pickled_spec_reopens_the_same_source(case: Case) -> None:

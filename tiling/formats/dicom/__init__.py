@@ -89,6 +89,18 @@ def _open(path: Path, options: DicomOptions) -> Source:
     return open_dicom(path, series_uid=options.series, spacing_tolerance=options.spacing_tolerance)
 
 
+def _owns(path: Path) -> bool:
+    """A DICOM file whose Manufacturer is tilewise (what the SEG sink writes)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+    except (InvalidDicomError, OSError, EOFError, ValueError):
+        return False
+    return str(ds.get("Manufacturer", "")) == "tilewise"
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.dicom.seg import DicomSegSink
 
@@ -107,4 +119,5 @@ FORMAT = Format(
     extra="medical",
     priority=20,
     sink_options=DicomSegOptions,
+    owns=_owns,
 )

@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from tiling.core.windows import Window, intersection
 from tiling.errors import SourceOpenError, SourceReadError
@@ -22,11 +23,16 @@ from tiling.formats.base import SourceBase, empty_read
 from tiling.formats.dicom import DicomOptions
 from tiling.formats.dicom.geometry import (
     SPACING_TOLERANCE,
+    DicomHeaderError,
     DicomSeriesError,
     FrameCache,
     SlideGeometry,
     VolumeGeometry,
+    check_orientation,
+    check_spacing,
     check_window_ndim,
+    header_int,
+    header_numbers,
     read_slices,
     require_decoder,
     stack_order,
@@ -42,8 +48,43 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _CACHE_BYTES = 32 * 2**20
 
 
-def _imread(path: Path) -> hd.Image:
-    """Open ``path`` for lazy frame reads after checking it has pixels we can decode."""
+def _check_frame_claim(header: Dataset, path: Path) -> int:
+    """The frame count, after checking that the file is large enough to hold that many frames.
+
+    highdicom indexes every frame when it opens a file, so a header claiming
+    a billion frames would hang there; a frame needs at least its pixels
+    (uncompressed) or an 8-byte item header (compressed).
+
+    Raises:
+        DicomHeaderError: if NumberOfFrames does not parse, is below 1, or the file is too small.
+    """
+    frames = header_int(header, "NumberOfFrames", path, 1)
+    if frames < 1:
+        raise DicomHeaderError(f"{path}: NumberOfFrames is {frames}; an image has at least one frame")
+    rows, cols = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
+    if rows < 1 or cols < 1:
+        raise DicomHeaderError(f"{path}: Rows x Columns is {rows} x {cols}; a frame has at least one pixel")
+    if UID(str(header.file_meta.TransferSyntaxUID)).is_encapsulated:
+        need = 8 * frames
+    else:
+        samples, bits = int(header.get("SamplesPerPixel", 1) or 1), int(header.get("BitsAllocated", 8) or 8)
+        need = frames * rows * cols * samples * bits // 8
+    size = path.stat().st_size
+    if need > size:
+        raise DicomHeaderError(
+            f"{path}: claims {frames:,} frames of {rows} x {cols} pixels, which take at least {need:,} bytes, "
+            f"but the file has {size:,}; it is truncated or its header is wrong"
+        )
+    return frames
+
+
+def _read_header(path: Path) -> Dataset:
+    """The header of ``path`` (large values deferred), after checking it has pixels we can decode.
+
+    The sources check their geometry on this header before highdicom opens
+    the file: highdicom indexes every frame's position at open and fails
+    deep inside for a NaN.
+    """
     if not path.is_file():
         raise SourceOpenError(f"{path}: no such file")
     try:
@@ -53,10 +94,16 @@ def _imread(path: Path) -> hd.Image:
     if not any(k in header for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomSeriesError(f"{path}: has no pixel data (SOP class {header.get('SOPClassUID')}); pass an image file")
     require_decoder(path, header.file_meta.TransferSyntaxUID)
+    _check_frame_claim(header, path)
+    return header
+
+
+def _imread(path: Path) -> hd.Image:
+    """Open ``path`` for lazy frame reads (its header was checked by :func:`_read_header`)."""
     try:
         return hd.imread(path, lazy_frame_retrieval=True)
-    except (ValueError, AttributeError, KeyError) as e:
-        raise SourceOpenError(f"{path}: not a DICOM image highdicom can read ({e})") from e
+    except Exception as e:  # highdicom parses every frame's metadata and raises many types
+        raise SourceOpenError(f"{path}: not a DICOM image highdicom can read ({type(e).__name__}: {e})") from e
 
 
 def _functional_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
@@ -76,20 +123,29 @@ def _frame_planes(ds: Dataset, path: Path, frames: int) -> tuple[np.ndarray, tup
     Raises:
         DicomSeriesError: if a frame lacks a position, orientation or spacing,
             or frames differ in orientation or spacing.
+        DicomHeaderError: if a frame's position, orientation, spacing or
+            rescale does not parse, is not finite, or is degenerate.
     """
     positions, orientations, spacings = [], [], []
     for i in range(frames):
         pos = _functional_item(ds, i, "PlanePositionSequence")
         ori = _functional_item(ds, i, "PlaneOrientationSequence")
         meas = _functional_item(ds, i, "PixelMeasuresSequence")
-        if pos is None or ori is None or meas is None or "PixelSpacing" not in meas:
+        where = f"frame {i + 1} "
+        position = header_numbers(pos, "ImagePositionPatient", path, where, 3) if pos is not None else None
+        orientation = header_numbers(ori, "ImageOrientationPatient", path, where, 6) if ori is not None else None
+        spacing = header_numbers(meas, "PixelSpacing", path, where, 2) if meas is not None else None
+        if position is None or orientation is None or spacing is None:
             raise DicomSeriesError(
                 f"{path}: frame {i + 1} has no plane position, orientation or pixel spacing in its "
                 "functional groups; the frames cannot be placed in a volume"
             )
-        positions.append([float(v) for v in pos.ImagePositionPatient])
-        orientations.append(tuple(float(v) for v in ori.ImageOrientationPatient))
-        spacings.append(tuple(float(v) for v in meas.PixelSpacing))
+        check_orientation(orientation, path, where=where)
+        check_spacing(spacing, path, where=where)
+        _check_rescale(ds, i, path)
+        positions.append(list(position))
+        orientations.append(orientation)
+        spacings.append(spacing)
     for i, (o, s) in enumerate(zip(orientations, spacings)):
         if not np.allclose(o, orientations[0], atol=1e-4) or not np.allclose(s, spacings[0], rtol=1e-3):
             raise DicomSeriesError(
@@ -97,6 +153,18 @@ def _frame_planes(ds: Dataset, path: Path, frames: int) -> tuple[np.ndarray, tup
                 f"{orientations[0]} / {spacings[0]}; a volume needs one of each"
             )
     return np.array(positions), orientations[0], spacings[0]
+
+
+def _check_rescale(ds: Dataset, index: int, path: Path) -> None:
+    """Frame ``index``'s RescaleSlope and RescaleIntercept (functional group, else top level) must be finite numbers.
+
+    Raises:
+        DicomHeaderError: naming the frame and the element.
+    """
+    item = _functional_item(ds, index, "PixelValueTransformationSequence")
+    where = f"frame {index + 1} PixelValueTransformationSequence " if item is not None else ""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        header_numbers(item if item is not None else ds, keyword, path, where, 1)
 
 
 class DicomMultiframeSource(SourceBase):
@@ -127,18 +195,17 @@ class DicomMultiframeSource(SourceBase):
     ) -> None:
         self.path = Path(path)
         self.spacing_tolerance = spacing_tolerance
-        self._image = _imread(self.path)
-        ds = self._image
+        ds = _read_header(self.path)
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise DicomSeriesError(f"{self.path}: has {ds.SamplesPerPixel} samples per pixel; a volume needs 1")
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frames = header_int(ds, "NumberOfFrames", self.path, 1)
         positions, orientation, pixel_spacing = _frame_planes(ds, self.path, frames)
         names = [f"frame {i + 1}" for i in range(frames)]
         order, step = stack_order(positions, orientation, names, self.path, spacing_tolerance)
         if step is None:
             measures = _functional_item(ds, 0, "PixelMeasuresSequence")
-            thick = measures.get("SliceThickness") if measures is not None else None
-            step = float(thick) if thick else 1.0
+            thick = header_numbers(measures, "SliceThickness", self.path, "frame 1 ", 1) if measures else None
+            step = thick[0] if thick and thick[0] > 0 else 1.0
         self._frames = [int(i) for i in order]
         self.options = DicomOptions(spacing_tolerance=spacing_tolerance)
         self.reference = VolumeGeometry(
@@ -156,6 +223,7 @@ class DicomMultiframeSource(SourceBase):
         )
         self.shape = self.reference.shape
         self.block_shape = (1, *self.shape[1:])
+        self._image = _imread(self.path)
         self._cache = FrameCache(self._decode, cache_bytes)
 
     @property
@@ -190,17 +258,35 @@ class DicomMultiframeSource(SourceBase):
         return f"DicomMultiframeSource({str(self.path)!r}, shape={self.shape})"
 
 
-def _tile_index(ds: Dataset, path: Path, tile: tuple[int, int], grid: tuple[int, int]) -> dict[tuple[int, int], int]:
+class _TiledFull:
+    """The frame of each tile of a TILED_FULL image, computed rather than stored.
+
+    TILED_FULL orders frames column fastest, then row, then focal plane, then
+    optical path, so the first plane's tile (r, c) is frame ``r * cols + c``.
+    """
+
+    def __init__(self, grid: tuple[int, int], frames: int) -> None:
+        self.grid = grid
+        self.frames = frames
+
+    def get(self, key: tuple[int, int]) -> int | None:
+        """The 0-based frame of tile ``key`` (row, col), or None where there is none."""
+        r, c = key
+        i = r * self.grid[1] + c
+        return i if 0 <= r < self.grid[0] and 0 <= c < self.grid[1] and i < self.frames else None
+
+
+def _tile_index(
+    ds: Dataset, path: Path, tile: tuple[int, int], grid: tuple[int, int]
+) -> dict[tuple[int, int], int] | _TiledFull:
     """Map (tile row, tile col) to the 0-based frame holding it, first focal plane and optical path.
 
     Raises:
         SourceOpenError: if a frame's position is missing or off the tile grid.
     """
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = header_int(ds, "NumberOfFrames", path, 1)
     if ds.get("DimensionOrganizationType") == "TILED_FULL":
-        # TILED_FULL orders frames column fastest, then row, then focal plane, then optical path.
-        n = min(frames, grid[0] * grid[1])
-        return {(i // grid[1], i % grid[1]): i for i in range(n)}
+        return _TiledFull(grid, frames)
     index: dict[tuple[int, int], int] = {}
     for i in range(frames):
         pos = _functional_item(ds, i, "PlanePositionSlideSequence")
@@ -214,19 +300,32 @@ def _tile_index(ds: Dataset, path: Path, tile: tuple[int, int], grid: tuple[int,
 
 
 def _slide_geometry(ds: Dataset, path: Path) -> SlideGeometry:
+    """The slide's total pixel matrix, spacing, origin and orientation, each checked.
+
+    Raises:
+        DicomHeaderError: if the spacing, origin or orientation does not parse,
+            is not finite, or is degenerate, or a tile has no pixels.
+    """
     meas = _functional_item(ds, 0, "PixelMeasuresSequence")
-    spacing = tuple(float(v) for v in meas.PixelSpacing) if meas is not None and "PixelSpacing" in meas else (0.0, 0.0)
+    spacing = header_numbers(meas, "PixelSpacing", path, count=2) if meas is not None else None
+    if spacing is not None:
+        check_spacing(spacing, path)
     origin_seq = ds.get("TotalPixelMatrixOriginSequence")
     origin = (0.0, 0.0)
     if origin_seq:
         o = origin_seq[0]
-        origin = (float(o.XOffsetInSlideCoordinateSystem), float(o.YOffsetInSlideCoordinateSystem))
+        x = header_numbers(o, "XOffsetInSlideCoordinateSystem", path, count=1) or (0.0,)
+        y = header_numbers(o, "YOffsetInSlideCoordinateSystem", path, count=1) or (0.0,)
+        origin = (x[0], y[0])
+    orientation = header_numbers(ds, "ImageOrientationSlide", path, count=6) or ()
+    if orientation:
+        check_orientation(orientation, path, "ImageOrientationSlide")
     return SlideGeometry(
         shape=(int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns)),
         tile_shape=(int(ds.Rows), int(ds.Columns)),
-        pixel_spacing=spacing,
+        pixel_spacing=spacing or (0.0, 0.0),
         origin=origin,
-        orientation=tuple(float(v) for v in ds.get("ImageOrientationSlide", ())),
+        orientation=orientation,
         frame_of_reference_uid=ds.get("FrameOfReferenceUID"),
         study_instance_uid=str(ds.StudyInstanceUID),
         series_instance_uid=str(ds.SeriesInstanceUID),
@@ -257,8 +356,7 @@ class DicomSlideSource(SourceBase):
 
     def __init__(self, path: str | Path, cache_bytes: int = _CACHE_BYTES) -> None:
         self.path = Path(path)
-        self._image = _imread(self.path)
-        ds = self._image
+        ds = _read_header(self.path)
         if ds.get("SOPClassUID") != WSI_SOP_CLASS or "TotalPixelMatrixRows" not in ds:
             raise SourceOpenError(
                 f"{self.path}: is not a tiled VL Whole Slide Microscopy image (SOP class "
@@ -273,6 +371,7 @@ class DicomSlideSource(SourceBase):
         self.dtype = np.dtype(f"{'int' if signed else 'uint'}{int(ds.BitsAllocated)}")
         grid = tuple(-(-n // t) for n, t in zip(self.shape, self.block_shape))
         self._tiles = _tile_index(ds, self.path, self.block_shape, grid)  # type: ignore[arg-type]
+        self._image = _imread(self.path)
         self._cache = FrameCache(self._decode, cache_bytes)
 
     @property

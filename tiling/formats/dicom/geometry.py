@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
@@ -26,11 +29,16 @@ __all__ = [
     "DUPLICATE_TOLERANCE_MM",
     "SPACING_TOLERANCE",
     "DecoderMissingError",
+    "DicomHeaderError",
     "DicomSeriesError",
     "FrameCache",
     "SlideGeometry",
     "VolumeGeometry",
+    "check_orientation",
+    "check_spacing",
     "check_window_ndim",
+    "header_int",
+    "header_numbers",
     "read_slices",
     "require_decoder",
     "slice_normal",
@@ -61,8 +69,122 @@ class DicomSeriesError(SourceOpenError):
     """A DICOM series or stack is not one regular volume (sizes, gaps, duplicates, several series)."""
 
 
+class DicomHeaderError(SourceOpenError):
+    """A header element does not parse as numbers, or gives geometry no image can have."""
+
+
 class DecoderMissingError(SourceOpenError):
     """The pixel data is compressed with a transfer syntax no installed plugin decodes."""
+
+
+#: How far direction cosines may stray from unit length and from perpendicular:
+#: headers round them to ~6 decimals, 1 % is far beyond rounding.
+_COSINE_TOLERANCE = 0.01
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def header_numbers(
+    ds: Dataset, keyword: str, path: Path | str, where: str = "", count: int | None = None
+) -> tuple[float, ...] | None:
+    """The finite numbers element ``keyword`` of ``ds`` holds, or None when it is absent or empty.
+
+    Args:
+        ds: the dataset or sequence item holding the element.
+        keyword: the element's keyword (``RescaleSlope``).
+        path: the file, for messages.
+        where: where in the file, for messages (``"frame 3 "``), with a trailing space.
+        count: how many values it must hold, if fixed.
+
+    Raises:
+        DicomHeaderError: naming the file and the element, if a value does
+            not parse as a number, the count is wrong, or a value is NaN or infinite.
+    """
+    try:
+        value = ds.get(keyword)
+    except Exception as e:  # pydicom converts on access and raises many types for malformed values
+        raise DicomHeaderError(f"{path}: {where}{keyword} does not parse ({e}); the header is malformed") from e
+    if value is None or value == "" or (isinstance(value, (MultiValue, list, tuple)) and len(value) == 0):
+        return None
+    items = value if isinstance(value, (MultiValue, list, tuple)) else [value]
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError) as e:
+        raise DicomHeaderError(
+            f"{path}: {where}{keyword} is '{_shown(value)}', not a number; the header is malformed "
+            "(correct it, e.g. with dcmodify, or leave the file out)"
+        ) from e
+    if count is not None and len(numbers) != count:
+        raise DicomHeaderError(
+            f"{path}: {where}{keyword} is '{_shown(value)}', {len(numbers)} value(s) where DICOM has {count}; "
+            "the header is malformed"
+        )
+    if not all(np.isfinite(numbers)):
+        raise DicomHeaderError(
+            f"{path}: {where}{keyword} is '{_shown(value)}', not finite; the image cannot be placed or scaled "
+            "(correct the header or leave the file out)"
+        )
+    return numbers
+
+
+def header_int(ds: Dataset, keyword: str, path: Path | str, default: int, where: str = "") -> int:
+    """Integer element ``keyword`` (``NumberOfFrames``), ``default`` when absent or empty.
+
+    Raises:
+        DicomHeaderError: if it does not parse as one whole number.
+    """
+    numbers = header_numbers(ds, keyword, path, where, count=1)
+    if numbers is None:
+        return default
+    if numbers[0] != int(numbers[0]):
+        raise DicomHeaderError(f"{path}: {where}{keyword} is {numbers[0]}, not a whole number")
+    return int(numbers[0])
+
+
+def check_orientation(
+    orientation: Sequence[float], path: Path | str, keyword: str = "ImageOrientationPatient", where: str = ""
+) -> None:
+    """Refuse direction cosines that define no plane: zero, not unit length, parallel or not perpendicular.
+
+    Raises:
+        DicomHeaderError: naming the file, the element and the values.
+    """
+    o = np.asarray(orientation, float)
+    shown = "\\".join(f"{v:g}" for v in o)
+    row, col = o[:3], o[3:]
+    lengths = np.linalg.norm(row), np.linalg.norm(col)
+    if min(lengths) < 1e-6:
+        problem = "has a zero direction vector"
+    elif max(abs(n - 1) for n in lengths) > _COSINE_TOLERANCE:
+        problem = f"has direction vectors of length {lengths[0]:.3g} and {lengths[1]:.3g}, not unit vectors"
+    else:
+        cos = abs(float(row @ col) / (lengths[0] * lengths[1]))
+        if cos <= _COSINE_TOLERANCE:
+            return
+        angle = float(np.degrees(np.arccos(min(cos, 1.0))))
+        problem = (
+            "has parallel row and column directions"
+            if angle < 0.01
+            else f"has row and column directions {angle:.2f} degrees apart, not perpendicular"
+        )
+    raise DicomHeaderError(
+        f"{path}: {where}{keyword} {shown} {problem}, so the image plane is undefined; the header is malformed"
+    )
+
+
+def check_spacing(spacing: Sequence[float], path: Path | str, keyword: str = "PixelSpacing", where: str = "") -> None:
+    """Refuse a zero or negative pixel spacing.
+
+    Raises:
+        DicomHeaderError: naming the file, the element and the values.
+    """
+    if min(spacing) <= 0:
+        shown = "\\".join(f"{v:g}" for v in spacing)
+        raise DicomHeaderError(f"{path}: {where}{keyword} {shown} is not positive; a pixel spacing is a size in mm")
 
 
 def stack_order(

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
@@ -32,10 +33,15 @@ from tiling.formats.dicom.frames import WSI_SOP_CLASS, DicomMultiframeSource, Di
 from tiling.formats.dicom.geometry import (
     SPACING_TOLERANCE,
     DecoderMissingError,
+    DicomHeaderError,
     DicomSeriesError,
     FrameCache,
     SlideGeometry,
     VolumeGeometry,
+    check_orientation,
+    check_spacing,
+    header_int,
+    header_numbers,
     read_slices,
     require_decoder,
     stack_order,
@@ -44,6 +50,7 @@ from tiling.formats.dicom.geometry import (
 __all__ = [
     "DEFAULT_CACHE_BYTES",
     "DecoderMissingError",
+    "DicomHeaderError",
     "DicomMultiframeSource",
     "DicomSeriesError",
     "DicomSeriesSource",
@@ -85,14 +92,42 @@ class _SliceHeader:
     has_pixels: bool
     modality: str
     thickness: float | None
+    problem: DicomHeaderError | None = None  # a malformed element, raised if this file's series is read
 
 
-def _floats(value: Any) -> tuple[float, ...] | None:
-    return None if value is None else tuple(float(v) for v in value)
+def _geometry_fields(ds: Dataset, path: Path) -> dict[str, Any]:
+    """The numeric fields of a slice header, each parsed and checked.
+
+    Raises:
+        DicomHeaderError: naming the file and the first malformed element.
+    """
+    orientation = header_numbers(ds, "ImageOrientationPatient", path, count=6)
+    if orientation is not None:
+        check_orientation(orientation, path)
+    spacing = header_numbers(ds, "PixelSpacing", path, count=2)
+    if spacing is not None:
+        check_spacing(spacing, path)
+    slope = header_numbers(ds, "RescaleSlope", path, count=1)
+    intercept = header_numbers(ds, "RescaleIntercept", path, count=1)
+    thickness = header_numbers(ds, "SliceThickness", path, count=1)
+    return dict(
+        position=header_numbers(ds, "ImagePositionPatient", path, count=3),
+        orientation=orientation,
+        pixel_spacing=spacing,
+        frames=header_int(ds, "NumberOfFrames", path, 1) or 1,
+        slope=(slope[0] if slope else 1.0) or 1.0,
+        intercept=intercept[0] if intercept else 0.0,
+        thickness=thickness[0] if thickness and thickness[0] > 0 else None,
+    )
 
 
 def _read_header(path: Path) -> _SliceHeader | None:
-    """The header of one file, or None when it is not a DICOM image file at all."""
+    """The header of one file, or None when it is not a DICOM image file at all.
+
+    A malformed numeric element does not stop the scan (the file may belong
+    to a series that is not read); it is kept as ``problem`` and raised when
+    the file's series is checked.
+    """
     try:
         ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     except (InvalidDicomError, EOFError, IsADirectoryError, PermissionError):
@@ -103,6 +138,13 @@ def _read_header(path: Path) -> _SliceHeader | None:
         log.debug("skipping %s: no SeriesInstanceUID (a DICOMDIR or not an instance)", path)
         return None
     ts = str(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if meta is not None else "1.2.840.10008.1.2"
+    problem = None
+    try:
+        fields = _geometry_fields(ds, path)
+    except DicomHeaderError as e:
+        problem = e
+        fields = dict(position=None, orientation=None, pixel_spacing=None, frames=1, slope=1.0, intercept=0.0)
+        fields["thickness"] = None
     return _SliceHeader(
         file=path,
         series_uid=str(ds.SeriesInstanceUID),
@@ -110,18 +152,13 @@ def _read_header(path: Path) -> _SliceHeader | None:
         sop_class=str(ds.get("SOPClassUID", "")),
         study_uid=str(ds.get("StudyInstanceUID", "")),
         frame_of_reference=ds.get("FrameOfReferenceUID"),
-        position=_floats(ds.get("ImagePositionPatient")),
-        orientation=_floats(ds.get("ImageOrientationPatient")),
-        pixel_spacing=_floats(ds.get("PixelSpacing")),
         size=(int(ds.get("Rows", 0)), int(ds.get("Columns", 0))),
         samples=int(ds.get("SamplesPerPixel", 1)),
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
         transfer_syntax=ts,
         has_pixels=any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
         modality=str(ds.get("Modality", "?")),
-        thickness=float(ds.SliceThickness) if ds.get("SliceThickness") not in (None, "") else None,
+        problem=problem,
+        **fields,
     )
 
 
@@ -153,6 +190,8 @@ def _check_slices(path: Path, slices: list[_SliceHeader]) -> None:
     """Every file must be a single-frame, single-sample image of the first file's geometry."""
     first = slices[0]
     for h in slices:
+        if h.problem is not None:
+            raise h.problem
         if not h.has_pixels:
             raise DicomSeriesError(
                 f"{h.file}: has no pixel data (SOP class {h.sop_class}); remove it from {path} or pick another series"
@@ -322,6 +361,6 @@ def open_dicom(
         raise SourceOpenError(f"{path}: not a DICOM file ({e}); pass a .dcm file or a folder of them") from e
     if ds.get("SOPClassUID") == WSI_SOP_CLASS:
         return DicomSlideSource(path)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
+    if header_int(ds, "NumberOfFrames", path, 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds:
         return DicomMultiframeSource(path, spacing_tolerance=spacing_tolerance)
     return DicomSeriesSource(path, spacing_tolerance=spacing_tolerance)

@@ -1,7 +1,12 @@
-"""GeoTIFF / COG source on rasterio: windowed reads, nodata and masks, band selection."""
+"""GeoTIFF / COG source on rasterio: windowed reads, nodata and masks, band selection.
+
+Files are opened with GDAL's GTiff driver, and with other raster drivers
+only when the user allows them by name (see :mod:`tiling.formats.geotiff`).
+"""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import warnings
@@ -10,52 +15,128 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.windows
 from rasterio.errors import RasterioError
 
 from tiling.core.windows import Window
 from tiling.errors import ConfigError, NotGeoreferencedWarning, SourceOpenError, SourceReadError
-from tiling.formats.base import SourceBase, empty_read
+from tiling.formats.base import ComplexPart, SourceBase, check_complex, empty_read, real_float32
 from tiling.formats.geotiff import GeoTiffOptions
 from tiling.formats.geotiff.gdal import first_line
 from tiling.formats.reference import MapReference
 
-__all__ = ["GeoTiffSource"]
+__all__ = ["SUPPORTED_DRIVERS", "GeoTiffSource", "gdal_raster_driver"]
 
 log = logging.getLogger(__name__)
 
+#: The GDAL drivers tilewise opens without being asked. A COG is a GTiff to
+#: GDAL (its COG driver only writes), so GTiff reads both.
+SUPPORTED_DRIVERS = ("GTiff",)
+#: Leading bytes of a TIFF (classic and BigTIFF, either byte order).
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def gdal_raster_driver(name: str) -> str:
+    """The GDAL raster driver called ``name`` (any case), by its canonical short name.
+
+    Raises:
+        ConfigError: if GDAL has no raster driver of that name (naming the closest).
+    """
+    with rasterio.Env() as env:
+        known = env.drivers()
+    by_lower = {k.lower(): k for k in known}
+    found = by_lower.get(name.strip().lower())
+    if found is None:
+        close = difflib.get_close_matches(name.strip().lower(), list(by_lower), n=1)
+        hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+        raise ConfigError(f"allow_drivers: {name!r} is not a GDAL raster driver{hint}")
+    return "GTiff" if found == "COG" else found
+
+
+def _refusal(path: Path, error: RasterioError, allowed: Sequence[str]) -> SourceOpenError:
+    """The one-line refusal of a file none of the ``allowed`` drivers opens."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        head = b""
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset"):
+        return SourceOpenError(
+            f"{path}: is a GDAL VRT, not a GeoTIFF; a VRT can point at other files and claim any size, "
+            "so tilewise reads one only with --allow-drivers VRT (allow_drivers= in Python)"
+        )
+    if head[:4] in _TIFF_MAGIC or len(allowed) > 1:
+        return SourceOpenError(f"{path}: not a readable raster ({first_line(error)})")
+    return SourceOpenError(
+        f"{path}: not a readable raster ({first_line(error)}); tilewise reads GeoTIFF/COG, and other GDAL "
+        "formats only when named with --allow-drivers, e.g. --allow-drivers PNG"
+    )
+
+
+def _open_dataset(path: Path, allow_drivers: Sequence[str]) -> rasterio.DatasetReader:
+    """Open ``path`` with the first of GTiff and ``allow_drivers`` that reads it.
+
+    Raises:
+        SourceOpenError: if none does.
+        ConfigError: if an allowed driver is not a GDAL raster driver.
+    """
+    allowed = list(SUPPORTED_DRIVERS)
+    for name in allow_drivers:
+        driver = gdal_raster_driver(name)
+        if driver not in allowed:
+            allowed.append(driver)
+    first: RasterioError | None = None
+    for driver in allowed:
+        try:
+            with warnings.catch_warnings():  # the reader warns about a missing CRS itself, naming the file
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                return rasterio.open(path, driver=driver)
+        except RasterioError as e:
+            first = first or e
+    assert first is not None  # at least GTiff was tried
+    raise _refusal(path, first, allowed)
+
 
 class GeoTiffSource(SourceBase):
-    """A GeoTIFF (or any GDAL raster) read window by window.
+    """A GeoTIFF (or a raster of a GDAL driver the user allowed) read window by window.
 
     Args:
         path: the raster file.
         bands: 1-based band indexes to read; all bands when None.
+        allow_drivers: GDAL raster drivers to try after GTiff (e.g. ``("VRT",)``).
+        complex: what to make of complex pixels; complex files are refused when None.
 
     Raises:
-        SourceOpenError: if the file is missing, not a raster, or truncated.
-        ConfigError: if a requested band does not exist.
+        SourceOpenError: if the file is missing, not a GeoTIFF (nor of an
+            allowed driver), truncated, or complex with no ``complex`` given.
+        ConfigError: if a requested band or an allowed driver does not exist.
     """
 
     format = "geotiff"
 
-    def __init__(self, path: str | Path, bands: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        bands: Sequence[int] | None = None,
+        allow_drivers: Sequence[str] = (),
+        complex: ComplexPart | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise SourceOpenError(f"{self.path}: no such file")
         if self.path.is_dir():
             raise SourceOpenError(f"{self.path}: is a folder, not a raster file")
+        self._ds = _open_dataset(self.path, allow_drivers)
         try:
-            self._ds = rasterio.open(self.path)
-        except RasterioError as e:
-            raise SourceOpenError(f"{self.path}: not a readable raster ({first_line(e)})") from e
-        try:
-            self._init_metadata(bands)
+            self._init_metadata(bands, tuple(allow_drivers), complex)
         except Exception:
             self.close()
             raise
 
-    def _init_metadata(self, bands: Sequence[int] | None) -> None:
+    def _init_metadata(
+        self, bands: Sequence[int] | None, allow_drivers: tuple[str, ...], part: ComplexPart | None
+    ) -> None:
         ds = self._ds
         if bands is None:
             bands = tuple(range(1, ds.count + 1))
@@ -69,8 +150,12 @@ class GeoTiffSource(SourceBase):
         self.bands = bands
         self.count = len(bands)
         self.shape = (ds.height, ds.width)
-        dtype = np.dtype(ds.dtypes[bands[0] - 1])
-        self.dtype = np.dtype(np.float32) if dtype.kind in "fc" else dtype
+        stored = str(ds.dtypes[bands[0] - 1])
+        check_complex(self.path, stored, part)
+        # complex_int16 (GDAL CInt16) has no numpy dtype; GDAL widens it to complex64 on read
+        self._read_dtype = np.dtype("complex64" if stored == "complex_int16" else stored)
+        self._part = part
+        self.dtype = np.dtype(np.float32) if self._read_dtype.kind in "fc" else self._read_dtype
         self.block_shape = tuple(ds.block_shapes[bands[0] - 1])
         crs = ds.crs.to_wkt() if ds.crs else None
         georeferenced = crs is not None and not ds.transform.is_identity
@@ -81,7 +166,7 @@ class GeoTiffSource(SourceBase):
                 stacklevel=3,
             )
         self.reference = MapReference(crs=crs, transform=tuple(ds.transform)[:6], nodata=ds.nodata)
-        self.options = GeoTiffOptions(bands=bands)
+        self.options = GeoTiffOptions(bands=bands, allow_drivers=allow_drivers, complex=part)
         self._check_truncated()
 
     def _check_truncated(self) -> None:
@@ -120,14 +205,15 @@ class GeoTiffSource(SourceBase):
         if inside is None:
             return data, valid
         rw = rasterio.windows.Window(inside.start[1], inside.start[0], inside.shape[1], inside.shape[0])
+        where = f"rows {inside.start[0]}:{inside.stop[0]}, cols {inside.start[1]}:{inside.stop[1]}"
+        wide = self._read_dtype.itemsize > 4 or self._read_dtype.kind == "c"  # float64, complex
         try:
-            block = self._ds.read(self.bands, window=rw, out_dtype=self.dtype)
+            block = self._ds.read(self.bands, window=rw, out_dtype=self._read_dtype if wide else self.dtype)
             mask = self._ds.dataset_mask(window=rw) > 0
         except RasterioError as e:
-            raise SourceReadError(
-                f"{self.path}: cannot read rows {inside.start[0]}:{inside.stop[0]}, "
-                f"cols {inside.start[1]}:{inside.stop[1]} ({first_line(e)})"
-            ) from e
+            raise SourceReadError(f"{self.path}: cannot read {where} ({first_line(e)})") from e
+        if wide:
+            block = real_float32(block, self.path, where, self._part)
         if self.dtype.kind == "f":
             mask &= np.isfinite(block).all(axis=0)
         block[:, ~mask] = 0

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
 from tiling.core.labels import LABEL_NODATA, class_color
-from tiling.formats.base import ModelProvenance
+from tiling.formats.base import ModelProvenance, temp_name
 
 __all__ = ["MaskDescription", "Sidecars", "qml_document", "source_datetime", "stac_item"]
 
@@ -126,7 +125,13 @@ def qml_document(class_names: Sequence[str]) -> str:
     ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
     ET.SubElement(root, "blendMode").text = "0"
     ET.indent(root)
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode") + "\n"
+    mark = "<!-- style of a mask written by tilewise -->\n"  # what --overwrite checks before replacing it
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        + mark
+        + ET.tostring(root, encoding="unicode")
+        + "\n"
+    )
 
 
 def _footprint(desc: MaskDescription) -> tuple[dict[str, Any] | None, list[float] | None]:
@@ -238,8 +243,7 @@ class Sidecars:
         self.probs = probs
         self.qml = mask.with_suffix(".qml")
         self.stac = mask.with_suffix(".json")
-        tag = uuid.uuid4().hex[:8]
-        self._tmp = {p: p.with_name(f".{p.name}.{tag}.part") for p in (self.qml, self.stac)}
+        self._tmp = {p: temp_name(p, ".part") for p in (self.qml, self.stac)}
 
     def write(self) -> None:
         """Write both under their temporary names."""

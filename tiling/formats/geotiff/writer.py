@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ import rasterio
 import rasterio.shutil
 import rasterio.windows
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from tiling.core.labels import LABEL_NODATA, default_colormap
 from tiling.core.windows import Window
-from tiling.errors import ConfigError, SinkError
-from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable
+from tiling.errors import ConfigError
+from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable, sink_error, temp_name
 from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache before any I/O)
 from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, source_datetime
 from tiling.formats.reference import MapReference
@@ -41,6 +42,14 @@ log = logging.getLogger(__name__)
 
 #: Internal tile size of the COG, and the stitcher's output block.
 DEFAULT_BLOCK = 256
+
+
+def _version() -> str:
+    """Tilewise's version, the mark that tells a mask tilewise wrote (see ``--overwrite``)."""
+    try:
+        return f"tilewise {metadata.version('tilewise')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "tilewise"
 
 
 def probs_path_for(path: Path) -> Path:
@@ -54,24 +63,24 @@ class _TiffPart:
     def __init__(self, final: Path, profile: dict[str, Any], resampling: str) -> None:
         self.final = final
         self.resampling = resampling
-        tag = uuid.uuid4().hex[:8]
-        self.tmp = final.with_name(f".{final.name}.{tag}.part.tif")
-        self.tmp_cog = final.with_name(f".{final.name}.{tag}.cog.part.tif")
+        self.tmp = temp_name(final, ".part.tif")
+        self.tmp_cog = self.tmp.with_name(self.tmp.name.replace(".part.tif", ".cog.part.tif"))
         try:
             self.ds = rasterio.open(self.tmp, "w", **profile)
-        except (RasterioError, OSError) as e:
-            raise SinkError(f"{final}: cannot write output ({e})") from e
+        except (RasterioError, CPLE_BaseError, OSError) as e:
+            raise sink_error(final, e, "creating") from e
 
     def convert(self, block: int) -> None:
         """Close the GTiff and convert it to a COG, still under a temporary name."""
-        self.ds.close()
         try:
+            self.ds.close()  # writes the TIFF directory: the disk may fill here too
             rasterio.shutil.copy(
                 self.tmp, self.tmp_cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=block,
                 OVERVIEWS="AUTO", OVERVIEW_RESAMPLING=self.resampling, BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",  # compress blocks and overviews on every core
             )  # fmt: skip
-        except (RasterioError, OSError) as e:
-            raise SinkError(f"{self.final}: cannot write output ({e})") from e
+        except (RasterioError, CPLE_BaseError, OSError) as e:
+            raise sink_error(self.final, e, "finishing") from e
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -80,9 +89,12 @@ class _TiffPart:
         os.replace(self.tmp_cog, self.final)
 
     def remove(self) -> None:
-        """Close and delete the temporary files."""
+        """Close and delete the temporary files (closing may fail on a full disk; they go anyway)."""
         if not self.ds.closed:
-            self.ds.close()
+            try:
+                self.ds.close()
+            except (RasterioError, CPLE_BaseError, OSError) as e:
+                log.debug("closing %s failed while aborting: %s", self.tmp, e)
         for p in (self.tmp, self.tmp_cog):
             p.unlink(missing_ok=True)
 
@@ -150,6 +162,12 @@ class CogSink(Sink):
         self._closed = False
 
     @classmethod
+    def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:
+        """The mask, ``<stem>.probs.tif`` when probabilities are saved, the QGIS style and the STAC Item."""
+        probs = (probs_path_for(path),) if request.save_probs else ()
+        return (path, *probs, path.with_suffix(".qml"), path.with_suffix(".json"))
+
+    @classmethod
     def for_source(cls, path: Path, source: Source, request: SinkRequest) -> CogSink:
         """A COG on ``source``'s map grid.
 
@@ -179,21 +197,24 @@ class CogSink(Sink):
         """Write one finished block: labels (rows, cols), probs (K, rows, cols) in [0, 1]."""
         self._check_block(window, labels)
         rw = rasterio.windows.Window(window.start[1], window.start[0], window.shape[1], window.shape[0])
-        self._mask.ds.write(labels[np.newaxis], window=rw)
-        if self._probs is not None and probs is not None:
-            self._probs.ds.write(np.rint(probs * 255).astype(np.uint8), window=rw)
+        try:
+            self._mask.ds.write(labels[np.newaxis], window=rw)
+            if self._probs is not None and probs is not None:
+                self._probs.ds.write(np.rint(probs * 255).astype(np.uint8), window=rw)
+        except (RasterioError, CPLE_BaseError, OSError) as e:
+            raise sink_error(self.path, e) from e
 
     def _describe(self) -> None:
         names = json.dumps(self.class_names)
         ds = self._mask.ds
         ds.write_colormap(1, default_colormap(len(self.class_names)))
         ds.set_band_description(1, "class")
-        ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel")
+        ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel", TILEWISE=_version())
         ds.update_tags(1, **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
         if self._probs is not None:
             for k, n in enumerate(self.class_names):
                 self._probs.ds.set_band_description(k + 1, f"p({n})")
-            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255")
+            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=_version())
 
     def finalize(self) -> tuple[Path, ...]:
         """Convert to COG and move into place with its sidecars.

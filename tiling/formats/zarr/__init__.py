@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tiling.formats.base import Format
+from tiling.formats.base import ComplexPart, Format
+from tiling.options import lookup_option
 
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
@@ -29,15 +30,20 @@ class ZarrOptions:
         array: for a plain group, the array's path inside it (needed when it holds several).
         axes: axis names of a plain array, e.g. ``("y", "x", "c")`` for interleaved RGB;
             from the metadata when None.
+        complex: what to make of complex values (``abs``, ``real``, ``imag``,
+            ``phase``); complex arrays are refused when None.
     """
 
     level: int | None = None
     array: str | None = None
     axes: tuple[str, ...] | None = None
+    complex: ComplexPart | None = None
 
     def __post_init__(self) -> None:
         if self.axes is not None:
             object.__setattr__(self, "axes", tuple(self.axes))
+        if self.complex is not None:
+            object.__setattr__(self, "complex", lookup_option(self.complex, ComplexPart, "complex"))
 
 
 def _sniff(path: Path) -> bool:
@@ -47,7 +53,23 @@ def _sniff(path: Path) -> bool:
 def _open(path: Path, options: ZarrOptions) -> Source:
     from tiling.formats.zarr.reader import ZarrSource
 
-    return ZarrSource(path, level=options.level, array=options.array, axes=options.axes)
+    return ZarrSource(path, level=options.level, array=options.array, axes=options.axes, complex=options.complex)
+
+
+def _owns(path: Path) -> bool:
+    """A Zarr store whose root attributes carry tilewise's ``tilewise`` entry (v2 ``.zattrs`` or v3 ``zarr.json``)."""
+    import json
+
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            attrs = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if key is not None:
+            attrs = attrs.get(key, {}) if isinstance(attrs, dict) else {}
+        if isinstance(attrs, dict) and "tilewise" in attrs:
+            return True
+    return False
 
 
 def _sink() -> type[Sink]:
@@ -67,4 +89,5 @@ FORMAT = Format(
     suffixes=(".zarr",),
     extra="medical",
     priority=10,
+    owns=_owns,
 )

@@ -10,7 +10,8 @@ async leaks out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from zarr.errors import BaseZarrError
 
 from tiling.core.windows import Window
 from tiling.errors import SourceOpenError, SourceReadError, WindowError
-from tiling.formats.base import SourceBase, empty_read
+from tiling.formats.base import ComplexPart, SourceBase, check_complex, empty_read, real_float32
 from tiling.formats.reference import ArrayTransform
 from tiling.formats.zarr import ZarrOptions
 
@@ -40,6 +41,17 @@ def _open_node(path: Path) -> zarr.Array | zarr.Group:
         raise SourceOpenError(f"{path}: not a Zarr array or group ({e}); pass a .zarr folder") from e
 
 
+@contextmanager
+def _metadata(path: Path) -> Iterator[None]:
+    """Turn the errors of malformed metadata (a missing key, a string where numbers belong) into one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise SourceOpenError(
+            f"{path}: malformed Zarr/OME metadata ({type(e).__name__}: {e}); check its .zattrs or zarr.json"
+        ) from e
+
+
 def read_multiscales(group: zarr.Group) -> dict[str, Any] | None:
     """The first ``multiscales`` entry of an OME-Zarr group (0.4 or 0.5 layout), or None."""
     attrs = dict(group.attrs)
@@ -51,10 +63,15 @@ def read_multiscales(group: zarr.Group) -> dict[str, Any] | None:
 def _transforms(items: Sequence[dict[str, Any]] | None, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     scale, translation = np.ones(ndim), np.zeros(ndim)
     for t in items or ():
-        if t.get("type") == "scale" and "scale" in t:
-            scale = scale * np.asarray(t["scale"], float)
-        elif t.get("type") == "translation" and "translation" in t:
-            translation = translation + np.asarray(t["translation"], float)
+        for kind in ("scale", "translation"):
+            if t.get("type") == kind and kind in t:
+                values = np.asarray(t[kind], float)
+                if values.shape != (ndim,):
+                    raise ValueError(f"a {kind} of {values.size} values for {ndim} axes")
+                if kind == "scale":
+                    scale = scale * values
+                else:
+                    translation = translation + values
     return scale, translation
 
 
@@ -81,10 +98,13 @@ class ZarrSource(SourceBase):
         axes: axis names of a plain array, e.g. ``"yxc"`` for interleaved RGB;
             taken from OME metadata or zarr v3 ``dimension_names`` when None,
             else ``"yx"`` for 2-D and ``"zyx"`` for 3-D.
+        complex: what to make of complex values; complex arrays are refused when None.
 
     Raises:
         SourceOpenError: if the store is missing, not Zarr, the level or array
-            does not exist (the message lists those that do), or the axes are unusable.
+            does not exist (the message lists those that do), the axes are
+            unusable, the values are not numbers (or complex with no
+            ``complex`` given), or the OME scale or translation is not finite.
     """
 
     format = "zarr"
@@ -95,6 +115,7 @@ class ZarrSource(SourceBase):
         level: int | None = None,
         array: str | None = None,
         axes: str | Sequence[str] | None = None,
+        complex: ComplexPart | None = None,
     ) -> None:
         self.path = Path(path)
         self.level = level
@@ -103,11 +124,13 @@ class ZarrSource(SourceBase):
         self.multiscales: dict[str, Any] | None = None
         self.levels: tuple[str, ...] = ()
         if isinstance(node, zarr.Group):
-            node = self._resolve_group(node)
+            with _metadata(self.path):
+                node = self._resolve_group(node)
         elif level is not None or array is not None:
             raise SourceOpenError(f"{self.path}: is a plain array; it has no level {level} or array {array!r}")
         self._arr: zarr.Array = node
-        names, roles, units = self._axes(axes)
+        with _metadata(self.path):
+            names, roles, units = self._axes(axes)
         self._roles = roles
         self.array_axes = tuple(names)
         spatial = [i for i, r in enumerate(roles) if r == "s"]
@@ -117,12 +140,18 @@ class ZarrSource(SourceBase):
         self.shape = tuple(int(node.shape[i]) for i in spatial)
         self.count = int(node.shape[self._channel]) if self._channel is not None else 1
         self.block_shape = tuple(int(node.chunks[i]) for i in spatial)
-        self.dtype = np.dtype(np.float32) if node.dtype.kind in "fc" else np.dtype(node.dtype)
-        scale, translation = self._spatial_transforms(spatial)
+        stored = np.dtype(node.dtype)
+        if stored.kind not in "biufc":
+            raise SourceOpenError(f"{self.path}: holds {stored} values; tilewise reads numeric arrays only")
+        check_complex(self.path, stored, complex)
+        self._part = complex
+        self.dtype = np.dtype(np.float32) if stored.kind in "fc" else stored
+        with _metadata(self.path):
+            scale, translation = self._spatial_transforms(spatial)
         self.reference = ArrayTransform(self.axes, scale, translation, tuple(units[i] for i in spatial))
         # only axes the caller gave go into the options: axes from the metadata come with their units
         self.options = ZarrOptions(
-            level=self.level, array=self.array_path, axes=tuple(axes) if axes is not None else None
+            level=self.level, array=self.array_path, axes=tuple(axes) if axes is not None else None, complex=complex
         )
 
     def _resolve_group(self, group: zarr.Group) -> zarr.Array:
@@ -185,6 +214,11 @@ class ZarrSource(SourceBase):
         s, t = _transforms(ds.get("coordinateTransformations"), ndim)
         gs, gt = _transforms(self.multiscales.get("coordinateTransformations"), ndim)
         scale, translation = s * gs, t * gs + gt
+        if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(translation).all()):
+            raise SourceOpenError(
+                f"{self.path}: level {self.level}'s coordinateTransformations give scale {scale.tolist()} and "
+                f"translation {translation.tolist()}; a scale must be finite and positive, a translation finite"
+            )
         return tuple(float(scale[i]) for i in spatial), tuple(float(translation[i]) for i in spatial)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +246,8 @@ class ZarrSource(SourceBase):
             raise SourceReadError(f"{self.path}: cannot read window {inside} ({e})") from e
         kept = [r for r in self._roles if r != "t"]
         block = np.moveaxis(block, kept.index("c"), 0) if "c" in kept else block[np.newaxis]
+        if block.dtype.kind == "c" or (block.dtype.kind == "f" and block.dtype.itemsize > 4):
+            block = real_float32(block, self.path, f"window {inside}", self._part)
         block = block.astype(self.dtype, copy=False)
         mask = np.ones(inside.shape, bool)
         if self.dtype.kind == "f":

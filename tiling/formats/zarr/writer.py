@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import zarr
 from tiling.core.labels import LABEL_NODATA, default_colormap
 from tiling.core.windows import Window, clip, plan_windows
 from tiling.errors import ConfigError, SinkError
-from tiling.formats.base import Sink, SinkRequest, Source, check_writable
+from tiling.formats.base import Sink, SinkRequest, Source, check_writable, sink_error, temp_name
+from tiling.formats.zarr import FORMAT
 
 __all__ = ["OME_VERSION", "OmeZarrSink"]
 
@@ -112,7 +112,7 @@ class OmeZarrSink(Sink):
                 f"translation {self.translation} and units {self.units} must all have 2 or 3 entries"
             )
         check_writable(self.path, folder=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.part")
+        self.tmp = temp_name(self.path, ".part")
         self._closed = False
         try:
             self._root = zarr.open_group(store=str(self.tmp), mode="w-", zarr_format=2)
@@ -190,11 +190,14 @@ class OmeZarrSink(Sink):
             SinkError: if the window leaves the image or the arrays have the wrong shape.
         """
         self._check_block(window, labels)
-        self._labels[window.to_slices()] = labels.astype(np.uint8, copy=False)
-        if self._probs is not None and probs is not None:
-            scaled = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
-            classes_window = (slice(None), *window.to_slices())
-            self._probs[classes_window] = scaled
+        try:
+            self._labels[window.to_slices()] = labels.astype(np.uint8, copy=False)
+            if self._probs is not None and probs is not None:
+                scaled = np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
+                classes_window = (slice(None), *window.to_slices())
+                self._probs[classes_window] = scaled
+        except (OSError, RuntimeError, ValueError) as e:  # zarr reports store failures in these
+            raise sink_error(self.path, e) from e
 
     def _write_level1(self) -> int:
         """Add level 1 (nearest, y and x halved) chunk by chunk; returns the level count."""
@@ -213,7 +216,8 @@ class OmeZarrSink(Sink):
     def finalize(self) -> tuple[Path, ...]:
         """Write level 1 and the metadata, then move the store to ``path``; returns ``(path,)``.
 
-        An existing store at ``path`` is replaced.
+        An existing store at ``path`` is replaced only if tilewise wrote it
+        (its attributes carry the ``tilewise`` entry); anything else is refused.
 
         Raises:
             SinkFinalizedError: if called twice or after abort.
@@ -223,9 +227,12 @@ class OmeZarrSink(Sink):
         try:
             self._write_metadata(self._write_level1())
             _publish(self.tmp, self.path)
+        except SinkError:
+            self.abort()
+            raise
         except Exception as e:
             self.abort()
-            raise SinkError(f"{self.path}: cannot finish the Zarr store ({e})") from e
+            raise sink_error(self.path, e, "finishing") from e
         log.info("wrote %s", self.path)
         return (self.path,)
 
@@ -254,10 +261,16 @@ class OmeZarrSink(Sink):
 
 
 def _publish(tmp: Path, final: Path) -> None:
-    """Rename folder ``tmp`` to ``final``, replacing an old ``final`` only after the new one is whole."""
+    """Rename folder ``tmp`` to ``final``, replacing an old ``final`` only after the new one is whole.
+
+    Raises:
+        SinkError: if ``final`` exists and is not a store tilewise wrote: it is never removed.
+    """
     old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+    if final.exists() or final.is_symlink():
+        if final.is_symlink() or not FORMAT.owns or not FORMAT.owns(final):
+            raise SinkError(f"{final}: exists and was not written by tilewise; it is left as it is")
+        old = temp_name(final, ".old")
         os.replace(final, old)
     try:
         os.replace(tmp, final)

@@ -1,0 +1,193 @@
+"""Plan a run before any work: each scene's source, tile grid, normalisation and outputs, all checked.
+
+Everything that can be refused is refused here, before Ray starts reading:
+an unreadable source, an option its format does not take, a model that does
+not fit its bands, an output that is (or holds, or is held by) an input, two
+scenes writing the same path, an existing output without ``--overwrite``,
+and an existing path that tilewise did not write (never replaced, even with
+``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models import Normalization
+from pipeline.config import PipelineConfig
+from tiling.core import TileGrid, TileLayout, sample_band_stats
+from tiling.errors import ConfigError, SinkError
+from tiling.formats import SourceSpec, get_format, open_sink, open_source, output_format, spec_of
+from tiling.formats.base import Sink, SinkRequest, Source, stale_temp_files
+
+__all__ = ["ScenePlan", "check_outputs", "plan_scene", "remove_stale_temp_files"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """Everything a run needs for one scene, fixed before any work starts.
+
+    Attributes:
+        scene: the scene's number in the run.
+        src: the source as the user gave it (named in messages).
+        out: the mask's final path.
+        outputs: every path the sink will publish, mask first.
+        spec: reopens the source in a worker (absolute path, format, options).
+        output_format: the registry name of the mask's format.
+        request: what the sink is asked for (class names, probabilities...).
+        grid: the tile plan.
+        layout: how a window becomes a 2-D model input and back.
+        channels: model input channels.
+        itemsize: bytes per pixel per band of the source's dtype.
+        dtype: the dtype the model input is read in (after intensity windowing).
+        normalization: per-channel mean and std the model input is normalised with.
+    """
+
+    scene: int
+    src: Path
+    out: Path
+    outputs: tuple[Path, ...]
+    spec: SourceSpec
+    output_format: str
+    request: SinkRequest
+    grid: TileGrid
+    layout: TileLayout
+    channels: int
+    itemsize: int
+    normalization: Normalization
+    dtype: str = "float32"
+
+    @property
+    def tile_bytes(self) -> int:
+        """Bytes of one tile read for the model, with its valid mask."""
+        return int(np.prod(self.grid.tile_shape)) * (self.channels * self.itemsize + 1)
+
+    def open_sink(self) -> Sink:
+        """Open this scene's sink (reopening the source for its reference)."""
+        with self.spec.open() as source:
+            return open_sink(self.out, source, self.output_format, self.request)
+
+
+def _layout(source: Source, cfg: PipelineConfig) -> TileLayout:
+    volume = len(source.shape) == 3
+    return TileLayout(cfg.tiling.axis if volume else None, cfg.tiling.context if volume else 1, cfg.input.bounds())
+
+
+def _normalization(source: Source, layout: TileLayout) -> Normalization:
+    """Per-channel mean/std: fixed after intensity windowing, else sampled from the scene."""
+    channels = layout.channels(source.count)
+    if layout.intensity is not None:  # windowed into [0, 1]
+        return Normalization((0.5,) * channels, (0.25,) * channels)
+    mean, std = sample_band_stats(source)
+    return Normalization(tuple(np.repeat(mean, layout.context)), tuple(np.repeat(std, layout.context)))
+
+
+def plan_scene(
+    scene: int,
+    src: str | Path,
+    out: str | Path,
+    cfg: PipelineConfig,
+    normalization: Normalization | None = None,
+    model: object | None = None,
+) -> ScenePlan:
+    """Open ``src``, plan its tiles and check that its sink can be opened at ``out``.
+
+    ``model`` is the module given instead of DeepLabV3, if any (the
+    outputs' provenance names it).
+
+    The sink is opened and aborted once here, so a format that cannot hold
+    this source's mask, or an unwritable folder, fails before any work;
+    nothing is left behind.
+
+    Raises:
+        TilingError: for a bad source, option or output.
+    """
+    src, out = Path(src), Path(out)
+    fmt = output_format(out, cfg.output_format)
+    sink_class = fmt.sink() if fmt.sink is not None else None
+    if sink_class is None:  # output_format returns writers only
+        raise ConfigError(f"{out}: {fmt.title} writes no masks")
+    request = cfg.sink_request(model)
+    with open_source(src, **cfg.input.source_options()) as source:
+        grid = TileGrid(
+            source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis
+        )
+        layout = _layout(source, cfg)
+        open_sink(out, source, fmt, request).abort()  # refuses what this format cannot hold, leaves nothing
+        return ScenePlan(
+            scene=scene, src=src, out=out, outputs=sink_class.planned_outputs(out, request), spec=spec_of(source),
+            output_format=fmt.name, request=request, grid=grid, layout=layout,
+            channels=layout.channels(source.count), itemsize=source.dtype.itemsize,
+            normalization=normalization or _normalization(source, layout),
+            dtype="float32" if layout.intensity is not None else source.dtype.name,
+        )  # fmt: skip
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_outputs(plans: Sequence[ScenePlan], overwrite: bool) -> None:
+    """Refuse outputs that would destroy data, before any work.
+
+    Raises:
+        ConfigError: if an output is an input, lies inside an input folder or
+            store, holds an input; if two scenes would write the same path; if
+            an output exists and ``overwrite`` is off.
+        SinkError: if an output exists that tilewise did not write (even with ``overwrite``).
+    """
+    inputs = [(p.src, Path(p.spec.path).resolve()) for p in plans]
+    claimed: dict[Path, Path] = {}
+    for plan in plans:
+        fmt = get_format(plan.output_format)
+        for path in plan.outputs:
+            target = path.resolve()
+            for given, source in inputs:
+                if _inside(target, source) or _inside(source, target):
+                    relation = "is" if target == source else "is inside" if _inside(target, source) else "holds"
+                    raise ConfigError(
+                        f"{path}: the output {relation} the input {given}; choose an --out outside the input"
+                    )
+            if target in claimed:
+                raise ConfigError(
+                    f"{path}: both {claimed[target]} and {plan.src} would write this mask; "
+                    "give the sources distinct names or segment them into different --out folders"
+                )
+            claimed[target] = plan.src
+            if path.exists() or path.is_symlink():
+                if not overwrite:
+                    raise ConfigError(f"{path}: exists; pass --overwrite to replace it")
+                if path.is_symlink() or fmt.owns is None or not fmt.owns(path):
+                    raise SinkError(
+                        f"{path}: exists and was not written by tilewise, so it is never replaced; "
+                        "move it away or choose another --out"
+                    )
+
+
+def remove_stale_temp_files(outputs: Iterable[Path]) -> int:
+    """Remove what killed runs on this host left beside ``outputs``; returns how many were removed.
+
+    Only tilewise's own temporary names whose process is gone are touched
+    (see :func:`tiling.formats.base.stale_temp_files`).
+    """
+    removed = 0
+    for out in outputs:
+        for leftover in stale_temp_files(out):
+            try:
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+            except OSError as e:  # pragma: no cover - a leftover someone else is removing
+                log.warning("could not remove %s: %s", leftover, e)
+                continue
+            log.info("removed %s, left by a run that was killed", leftover)
+            removed += 1
+    return removed
