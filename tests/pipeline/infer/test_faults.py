@@ -116,7 +116,7 @@ def test_one_cpu_runs_and_a_killed_runs_leftovers_are_removed(tmp_path, scene_fa
     """``--num-cpus 1`` used to wait forever (the actor held the only CPU). A SIGKILLed run's
     temporary files are removed by the next run, which writes the mask."""
     (tmp_path / "in").mkdir()
-    src = write_scene(tmp_path / "in" / "scene.tif", np.random.default_rng(0).integers(1, 255, (3, 256, 256), np.uint8))
+    src = write_scene(tmp_path / "in" / "scene.tif", np.random.default_rng(0).integers(1, 255, (3, 160, 160), np.uint8))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.tif"
@@ -131,11 +131,11 @@ def test_one_cpu_runs_and_a_killed_runs_leftovers_are_removed(tmp_path, scene_fa
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
     assert f"mask: {out}" in output
-    assert sorted(p.name for p in out_dir.iterdir()) == ["m.tif"], "leftovers removed, mask written"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["m.json", "m.qml", "m.tif"], "leftovers removed, mask written"
 
 
 def test_sigterm_aborts_cleanly_with_status_143(tmp_path) -> None:
-    src = write_scene(tmp_path / "scene.tif", np.random.default_rng(1).integers(1, 255, (3, 384, 384), np.uint8))
+    src = write_scene(tmp_path / "scene.tif", np.random.default_rng(1).integers(1, 255, (3, 192, 192), np.uint8))
     out = tmp_path / "m.tif"
     run = cli("infer", src, "--out", out, "--tile", 64, "--batch", 1, "--backbone", "resnet50", "--no-progress")
     wait_until_stitching(run, tmp_path)
