@@ -6,7 +6,10 @@ field, the value and the valid range, so the CLI can print them as one line.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,22 @@ from tiling.formats.base import (
     DEFAULT_MAX_CHUNK_MB,
     DEFAULT_MAX_PIXELS,
     ComplexPart,
+    ModelProvenance,
+    SinkRequest,
     SourceLimits,
 )
 from tiling.options import lookup_option
 
-__all__ = ["InferenceConfig", "InputConfig", "ModelConfig", "PipelineConfig", "RayConfig", "TilingConfig"]
+__all__ = [
+    "InferenceConfig",
+    "InputConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "ProductsConfig",
+    "RayConfig",
+    "TilingConfig",
+]
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,63 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class OutputConfig:
+    """Options of the mask's format (its sink).
+
+    Each is passed to the output format, which refuses one it does not take
+    (``--seg-type`` on a COG) naming the formats that do.
+    """
+
+    seg_type: str | None = None  # DICOM SEG: binary (the default: every reader has it) or labelmap
+    seg_codes: str | None = None  # DICOM SEG: a JSON/YAML file of coded categories and types per class
+
+    def sink_options(self) -> dict[str, Any]:
+        """The writer options that were given, by their format option names."""
+        return {"seg_type": self.seg_type, "seg_codes": self.seg_codes}
+
+
+@dataclass(frozen=True)
+class ProductsConfig:
+    """What is made from the finished mask after a successful run (see :mod:`pipeline.products`)."""
+
+    vector: str | None = None  # GeoPackage of polygons per class (a folder when several sources)
+    simplify: float | None = None  # polygon simplification tolerance, map units; None = exact pixel outlines
+    vector_classes: tuple[int, ...] | None = None  # class values to polygonise; None = every class
+    quicklook: bool = False  # a PNG of the source with the mask and a legend, beside the mask
+
+    def validate(self) -> ProductsConfig:
+        """Check the values.
+
+        Raises:
+            ConfigError: naming the first invalid field.
+        """
+        if self.vector is None:
+            for name, flag in (("simplify", "--simplify"), ("vector_classes", "--vector-classes")):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} ({flag}) applies to the polygons of --vector; add --vector out.gpkg")
+        if self.simplify is not None and not self.simplify >= 0:
+            raise ConfigError(f"simplify: the tolerance must be >= 0 map units, got {self.simplify!r}")
+        if self.vector_classes is not None and not all(0 <= k < 255 for k in self.vector_classes):
+            raise ConfigError(f"vector_classes: class values are 0 to 254, got {self.vector_classes!r}")
+        return self
+
+
+def _sha256(path: str) -> str:
+    """SHA-256 of a weights file, hex; remembered per (path, size, mtime), as a batch asks once per scene."""
+    st = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything one inference run needs."""
 
@@ -216,6 +287,8 @@ class PipelineConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    products: ProductsConfig = field(default_factory=ProductsConfig)
     save_probs: bool = False
     allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
     overwrite: bool = False  # replace existing masks, and only those tilewise wrote
@@ -231,8 +304,29 @@ class PipelineConfig:
             raise ConfigError(f"weights: {self.model.weights}: no such file")
         return replace(
             self, tiling=self.tiling.validate(), input=self.input.validate(),
-            model=self.model.validate(), inference=self.inference.validate(),
+            model=self.model.validate(), inference=self.inference.validate(), products=self.products.validate(),
         )  # fmt: skip
+
+    def sink_request(self, model: object | None = None) -> SinkRequest:
+        """What this run asks of the mask's sink: class names, probabilities, format options, provenance.
+
+        Args:
+            model: the ``torch.nn.Module`` given instead of DeepLabV3, if any
+                (the provenance then names its class).
+        """
+        backbone = str(getattr(self.model.backbone, "value", self.model.backbone))
+        name = type(model).__name__ if model is not None else "DeepLabV3-" + backbone.replace("resnet", "ResNet")
+        weights = self.model.weights if model is None else None
+        try:
+            version = metadata.version("tilewise")
+        except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+            version = "0.0.0"
+        provenance = ModelProvenance(
+            name, Path(weights).name if weights else None, _sha256(weights) if weights else None, f"tilewise {version}"
+        )
+        return SinkRequest(
+            tuple(self.model.names), self.save_probs, self.allow_no_crs, self.output.sink_options(), provenance
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, for saving next to the outputs."""

@@ -14,7 +14,7 @@ from tiling.errors import NotGeoreferencedWarning
 if TYPE_CHECKING:
     from pipeline.infer import InferenceResult
 
-__all__ = ["one_line", "report", "setup_logging"]
+__all__ = ["one_line", "report", "report_products", "setup_logging"]
 
 
 def setup_logging(verbose: int, quiet: int) -> None:
@@ -46,3 +46,11 @@ def report(result: InferenceResult, requested_precision: str = "") -> None:
         chosen = " (chosen by --precision auto for this hardware)" if requested_precision == "auto" else ""
         line += f", precision {result.precision}{chosen}"
     click.echo(line)
+
+
+def report_products(products: object) -> None:
+    """Print where the products of a run (polygons, quicklook) went."""
+    if getattr(products, "vector", None):
+        click.echo(f"polygons: {products.vector} ({products.features} features)")  # type: ignore[attr-defined]
+    if getattr(products, "quicklook", None):
+        click.echo(f"quicklook: {products.quicklook}")  # type: ignore[attr-defined]

@@ -11,9 +11,11 @@ from typing import Any
 
 import click
 
-from pipeline.cli.common import one_line, report
+from pipeline.cli.common import one_line, report, report_products
 from pipeline.cli.options import build_config, config_options
 from pipeline.config import PipelineConfig
+from pipeline.products import check_products, make_products
+from tiling.formats import output_format, sink_options
 
 __all__ = ["Terminated", "infer", "run_infer"]
 
@@ -32,7 +34,7 @@ def _catch_sigterm() -> None:
 
 
 def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], progress: bool) -> None:
-    """Segment ``sources`` into ``out`` with the config the flag ``values`` describe.
+    """Segment ``sources`` into ``out`` with the config the flag ``values`` describe, then make the products.
 
     User errors end as one ``Error:`` line and exit status 1; in a batch the
     other scenes still finish.
@@ -46,11 +48,17 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         ray_options = {k: values.get(f"ray__{k}") for k in ("address", "num_cpus")}
         start_ray(ray_options["address"], ray_options["num_cpus"])
         cfg: PipelineConfig = build_config(values).validate()
-        if len(sources) == 1:
-            report(infer_scene(sources[0], out, cfg, progress=progress), str(cfg.model.precision))
-            return
-        if not out.is_dir():
+        batch = len(sources) > 1
+        if batch and not out.is_dir():
             raise click.ClickException(f"{out}: with several sources, --out must be an existing folder")
+        if not batch:  # refuse a format option for another format before opening anything
+            sink_options(output_format(out, cfg.output_format), cfg.output.sink_options())
+        check_products(cfg, _masks(sources, out, cfg, batch), batch)
+        if not batch:
+            result = infer_scene(sources[0], out, cfg, progress=progress)
+            report(result, str(cfg.model.precision))
+            report_products(make_products(sources[0], result.mask, result.probs, cfg, progress=progress))
+            return
         outcome = infer_many(list(sources), out, cfg, progress=progress)
     except USER_ERRORS as e:
         raise click.ClickException(one_line(sources[0], e)) from None
@@ -62,13 +70,31 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         sys.exit(143)
     failed = 0
     for src, r in outcome.items():
-        if isinstance(r, Exception):
-            failed += 1
-            click.echo(f"Error: {one_line(src, r)}", err=True)
-        else:
+        try:
+            if isinstance(r, Exception):
+                raise r
             report(r, str(cfg.model.precision))
+            report_products(make_products(src, r.mask, r.probs, cfg, batch=True, progress=progress))
+        except USER_ERRORS as e:
+            failed += 1
+            click.echo(f"Error: {one_line(src, e)}", err=True)
     if failed:
         raise click.ClickException(f"{len(outcome) - failed} of {len(outcome)} scenes written; {failed} failed")
+
+
+def _masks(sources: tuple[Path, ...], out: Path, cfg: PipelineConfig, batch: bool) -> list[Path]:
+    """The mask path of every scene whose format can be told (the others fail on their own later)."""
+    from pipeline.infer import USER_ERRORS, mask_path_for
+
+    if not batch:
+        return [out]
+    masks = []
+    for src in sources:
+        try:
+            masks.append(mask_path_for(src, out, cfg.output_format))
+        except USER_ERRORS:
+            continue
+    return masks
 
 
 @click.command()
@@ -90,5 +116,8 @@ def infer(src: tuple[Path, ...], out: Path, progress: bool, **values: Any) -> No
     With several SRC, OUT is a folder and each mask is OUT/<stem>_mask.<ext>,
     in the source's own format; a scene that fails is reported and the
     others still finish.
+
+    A COG mask comes with a QGIS style (.qml) and a STAC Item (.json).
+    --vector adds polygons per class (GeoPackage), --quicklook a PNG.
     """
     run_infer(src, out, values, progress)

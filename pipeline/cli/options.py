@@ -25,12 +25,15 @@ from pipeline.config import (
     InferenceConfig,
     InputConfig,
     ModelConfig,
+    OutputConfig,
     PipelineConfig,
+    ProductsConfig,
     RayConfig,
     TilingConfig,
 )
 from tiling.core import BlendMode, EdgeMode
 from tiling.formats.base import ComplexPart
+from tiling.formats.dicom import SegType
 
 __all__ = ["FLAGS", "SECTIONS", "Flag", "build_config", "config_options"]
 
@@ -43,6 +46,8 @@ SECTIONS: Mapping[str | None, type] = {
     "inference": InferenceConfig,
     "ray": RayConfig,
     "input": InputConfig,
+    "output": OutputConfig,
+    "products": ProductsConfig,
     None: PipelineConfig,
 }
 
@@ -51,7 +56,7 @@ def _csv_ints(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated band numbers like 1,2,3, got {value!r}") from None
+        raise click.BadParameter(f"expected comma-separated whole numbers like 1,2,3, got {value!r}") from None
 
 
 def _csv_names(value: str) -> tuple[str, ...]:
@@ -210,7 +215,7 @@ FLAGS: tuple[Flag, ...] = (
         "--save-probs",
         None,
         "save_probs",
-        "Also write per-class probabilities (x255): <out>.probs.tif, or probs/ in a .zarr.",
+        "Also write per-class probabilities (x255): <out>.probs.tif, a FRACTIONAL SEG <out>.probs.dcm, or probs/ in a .zarr.",
         is_flag=True,
     ),
     Flag(
@@ -221,6 +226,43 @@ FLAGS: tuple[Flag, ...] = (
         is_flag=True,
     ),
     Flag("--format", None, "output_format", "Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+    Flag(
+        "--seg-type",
+        "output",
+        "seg_type",
+        "DICOM SEG only: binary (every viewer reads it; the default) or labelmap (Supplement 243).",
+        _choice(SegType),
+    ),
+    Flag(
+        "--seg-codes",
+        "output",
+        "seg_codes",
+        "DICOM SEG only: JSON/YAML file of SNOMED category and type codes per class (default: Tissue).",
+        click.Path(dir_okay=False),
+    ),
+    Flag(
+        "--vector",
+        "products",
+        "vector",
+        "Also write the mask's polygons per class to this GeoPackage (a folder with several SRC); COG masks.",
+        click.Path(),
+    ),
+    Flag("--simplify", "products", "simplify", "--vector: simplification tolerance in map units.", float),
+    Flag(
+        "--vector-classes",
+        "products",
+        "vector_classes",
+        "--vector: class values to polygonise, e.g. 1,2 (default: all).",
+        None,
+        _csv_ints,
+    ),
+    Flag(
+        "--quicklook",
+        "products",
+        "quicklook",
+        "Also write <mask>.quicklook.png: the source, the mask, a legend.",
+        is_flag=True,
+    ),
     Flag(
         "--overwrite",
         None,

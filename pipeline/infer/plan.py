@@ -95,8 +95,12 @@ def plan_scene(
     out: str | Path,
     cfg: PipelineConfig,
     normalization: Normalization | None = None,
+    model: object | None = None,
 ) -> ScenePlan:
     """Open ``src``, plan its tiles and check that its sink can be opened at ``out``.
+
+    ``model`` is the module given instead of DeepLabV3, if any (the
+    outputs' provenance names it).
 
     The sink is opened and aborted once here, so a format that cannot hold
     this source's mask, or an unwritable folder, fails before any work;
@@ -110,7 +114,7 @@ def plan_scene(
     sink_class = fmt.sink() if fmt.sink is not None else None
     if sink_class is None:  # output_format returns writers only
         raise ConfigError(f"{out}: {fmt.title} writes no masks")
-    request = SinkRequest(tuple(cfg.model.names), cfg.save_probs, cfg.allow_no_crs)
+    request = cfg.sink_request(model)
     with open_source(src, **cfg.input.source_options()) as source:
         grid = TileGrid(
             source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis

@@ -118,7 +118,7 @@ def infer_scene(
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
     cfg = (config or PipelineConfig()).validate()
-    plan = plan_scene(0, src, out, cfg, normalization)
+    plan = plan_scene(0, src, out, cfg, normalization, model)
     check_outputs([plan], cfg.overwrite)
     _check_model(cfg, [plan], model)
     remove_stale_temp_files(plan.outputs)
@@ -171,7 +171,7 @@ def infer_many(
     plans: list[ScenePlan] = []
     for src in sources:
         try:
-            plans.append(plan_scene(len(plans), src, mask_path_for(src, out_dir, cfg.output_format), cfg))
+            plans.append(plan_scene(len(plans), src, mask_path_for(src, out_dir, cfg.output_format), cfg, model=model))
         except USER_ERRORS as e:
             log.error("%s", e)
             outcome[Path(src)] = e

@@ -66,3 +66,16 @@ class Hangs(nn.Module):
 def marker_path(tmp: Path) -> str:
     """A marker file name in ``tmp`` that does not exist yet."""
     return str(tmp / "died-once")
+
+
+class Slow(nn.Module):
+    """A 1x1 conv that takes ``seconds`` per forward pass: a run long enough to be interrupted mid-way."""
+
+    def __init__(self, conv: nn.Conv2d, seconds: float = 0.2) -> None:
+        super().__init__()
+        self.conv = conv
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return self.conv(x)

@@ -34,6 +34,7 @@ __all__ = [
     "open_source",
     "output_format",
     "register",
+    "sink_options",
     "sniff",
     "source_options",
     "spec_of",
@@ -139,6 +140,37 @@ def source_options(fmt: Format | str, given: Mapping[str, Any] | None = None) ->
         return fmt.options(**values)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{fmt.name} options: {e}") from e
+
+
+def sink_options(fmt: Format | str, given: Any = None) -> Any:
+    """Build the writer options of ``fmt``'s sink from ``given``, ignoring None values.
+
+    Args:
+        fmt: the output format.
+        given: a mapping of option values by name, an instance of the
+            format's ``sink_options`` dataclass (returned as it is), or None.
+
+    Raises:
+        ConfigError: if an option is not one ``fmt``'s sink accepts (the
+            message names the output formats that do), or has a bad value.
+    """
+    fmt = get_format(fmt)
+    if isinstance(given, fmt.sink_options):
+        return given
+    values = {k: v for k, v in (given or {}).items() if v is not None}
+    accepted = set(fmt.sink_option_names())
+    for key in values:
+        if key not in accepted:
+            takers = [f"{f.title} ({f.writes})" for f in all_formats() if key in f.sink_option_names()]
+            where = f"it applies to {', '.join(takers)} output only" if takers else "no output format takes it"
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"option {key} ({flag}) does not apply to a {fmt.writes or fmt.name} output; {where}")
+    try:
+        return fmt.sink_options(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{fmt.writes or fmt.name} options: {e}") from e
 
 
 def _missing_extra(fmt: Format, what: str, e: ModuleNotFoundError) -> SourceOpenError:
@@ -269,14 +301,19 @@ def natural_output(source_format: str | Format) -> Format:
 def open_sink(out: str | Path, source: Source, fmt: str | Format | None, request: SinkRequest) -> Sink:
     """Open the sink for ``source``'s mask at ``out``, in ``fmt`` or the format ``out``'s suffix names.
 
+    ``request.options`` is checked against the format's writer options and
+    resolved (see :func:`sink_options`) before the sink sees it.
+
     Raises:
-        ConfigError: if the format cannot hold this source's mask.
+        ConfigError: if the format cannot hold this source's mask, or an
+            option does not apply to it.
         SinkError: if ``out`` cannot be written.
         SourceOpenError: if the format's libraries are not installed.
     """
     out = Path(out)
     f = output_format(out, fmt)
     assert f.sink is not None  # output_format returns writers only
+    request = dataclasses.replace(request, options=sink_options(f, request.options))
     try:
         return f.sink().for_source(out, source, request)
     except ModuleNotFoundError as e:

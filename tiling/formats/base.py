@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ComplexPart",
     "Format",
+    "ModelProvenance",
     "NoOptions",
     "Sink",
     "SinkRequest",
@@ -378,6 +379,23 @@ def stale_temp_files(final: Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class ModelProvenance:
+    """Which model made a mask, for the metadata written beside it (a STAC Item, a SEG's algorithm).
+
+    Attributes:
+        model: the network, e.g. ``"DeepLabV3-ResNet101"``.
+        weights: the weights file's name, or None for a random initialisation.
+        weights_sha256: SHA-256 of the weights file, hex, or None.
+        software: the producing software and version, e.g. ``"tilewise 0.1.0"``.
+    """
+
+    model: str
+    weights: str | None = None
+    weights_sha256: str | None = None
+    software: str = "tilewise"
+
+
+@dataclass(frozen=True)
 class SinkRequest:
     """What a run asks of a sink, whatever the format.
 
@@ -387,11 +405,18 @@ class SinkRequest:
         allow_unreferenced: accept a source that does not say where it lies
             (a GeoTIFF without CRS); refused by default, since such a mask
             cannot be placed next to anything.
+        options: the output format's options: a mapping of the values given
+            (``{"seg_type": "labelmap"}``), which :func:`tiling.formats.open_sink`
+            checks against the chosen format and resolves into its
+            ``sink_options`` dataclass, or that dataclass itself.
+        provenance: the model that made the mask, or None when unknown.
     """
 
     class_names: tuple[str, ...]
     save_probs: bool = False
     allow_unreferenced: bool = False
+    options: Any = None
+    provenance: ModelProvenance | None = None
 
 
 class Sink(ABC):
@@ -403,12 +428,15 @@ class Sink(ABC):
     after either raises :class:`SinkFinalizedError`.
 
     Subclasses set ``path``, ``shape`` (the scene's axes) and ``block`` (the
-    output block the stitcher should finish at a time: the storage chunk).
+    output block the stitcher should finish at a time: the storage chunk),
+    and ``probs`` when the probabilities go to a file of their own.
     """
 
     path: Path
     shape: tuple[int, ...]
     block: tuple[int, ...]
+    #: Where the probabilities are published when they are a file of their own; None otherwise.
+    probs: Path | None = None
     _closed: bool = False
 
     @classmethod
@@ -489,6 +517,8 @@ class Format:
         open_source: opens ``(path, options)`` as a :class:`Source`; None for write-only formats.
         options: the frozen dataclass of reader options; its field names
             are the option names users pass (``bands``, ``series``, ``level``).
+        sink_options: the frozen dataclass of writer options (``seg_type``),
+            carried to the sink in :attr:`SinkRequest.options`.
         sink: returns the class that writes masks in this format (imported
             only when called), or None for a read-only format.
         output_name: what ``--format`` calls the mask format (``cog``), defaults to ``name``.
@@ -509,6 +539,7 @@ class Format:
     suffixes: tuple[str, ...] = ()
     extra: str | None = None
     priority: int = 50
+    sink_options: type = NoOptions
     owns: Callable[[Path], bool] | None = None
 
     @property
@@ -519,3 +550,9 @@ class Format:
     def option_names(self) -> Sequence[str]:
         """The reader options this format accepts."""
         return tuple(self.options.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    def sink_option_names(self) -> Sequence[str]:
+        """The writer options this format's sink accepts (none for a read-only format)."""
+        if self.sink is None:
+            return ()
+        return tuple(self.sink_options.__dataclass_fields__)  # type: ignore[attr-defined]

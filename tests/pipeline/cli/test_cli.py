@@ -154,7 +154,9 @@ def test_batch_keeps_going_past_a_bad_scene(ray_session, tmp_path, scene_factory
     assert result.exit_code == 1
     assert "bad.tif: not a readable raster" in result.output
     assert "2 of 3 scenes written; 1 failed" in result.output
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted([f"{good1.stem}_mask.tif", f"{good2.stem}_mask.tif"])
+    # each COG mask comes with its QGIS style and STAC Item
+    written = [f"{g.stem}_mask{ext}" for g in (good1, good2) for ext in (".tif", ".qml", ".json")]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(written)
 
 
 def test_demo_writes_a_georeferenced_mask(ray_session, tmp_path) -> None:

@@ -112,32 +112,50 @@ def test_a_stuck_model_ends_the_run_after_the_stall_timeout(tmp_path, scene_fact
     assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
-def test_one_cpu_runs_and_a_killed_runs_leftovers_are_removed(tmp_path, scene_factory) -> None:
-    """``--num-cpus 1`` used to wait forever (the actor held the only CPU). A SIGKILLed run's
-    temporary files are removed by the next run, which writes the mask."""
-    (tmp_path / "in").mkdir()
-    src = write_scene(tmp_path / "in" / "scene.tif", np.random.default_rng(0).integers(1, 255, (3, 160, 160), np.uint8))
+def test_actors_that_would_hold_every_cpu_leave_room_for_the_readers(ray_session, tmp_path, scene_factory) -> None:
+    """The one-CPU hang, on the session's 2 CPUs: two model actors used to reserve both CPUs and
+    the read tasks never ran. Now actors and readers share them and the run finishes."""
+    src = scene_factory(96, 96)
+    clean, crowded = tmp_path / "clean.tif", tmp_path / "crowded.tif"
+    infer_scene(src, clean, cfg(), model=pointwise(), normalization=NORM, progress=False)
+    infer_scene(src, crowded, cfg(actors=2, stall_timeout=120), model=pointwise(), normalization=NORM, progress=False)
+    with rasterio.open(clean) as a, rasterio.open(crowded) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_a_killed_runs_leftovers_are_removed_by_the_next_run(ray_session, tmp_path) -> None:
+    src = write_scene(tmp_path / "scene.tif", np.random.default_rng(0).integers(1, 255, (3, 256, 256), np.uint8))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.tif"
-    args = ("infer", src, "--out", out, "--num-cpus", 1, "--tile", 64, "--backbone", "resnet50", "--no-progress")
-    first = cli(*args, "--batch", 1)
-    wait_until_stitching(first, out_dir)
-    first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=60)
-    leftovers = hidden(out_dir)
-    assert leftovers and not out.exists(), "the killed run left temporary files and no mask"
-    second = cli(*args)
-    output, _ = second.communicate(timeout=300)
-    assert second.returncode == 0, output
-    assert f"mask: {out}" in output
-    assert sorted(p.name for p in out_dir.iterdir()) == ["m.tif"], "leftovers removed, mask written"
+    script = textwrap.dedent(f"""
+        from models import Normalization
+        from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
+        from pipeline.infer import infer_scene
+        from tests.support.models import Slow, pointwise
+        cfg = PipelineConfig(TilingConfig(tile=32), ModelConfig(classes=2, precision="fp32", channels_last=False),
+                             InferenceConfig(batch=2), RayConfig(num_cpus=2))
+        infer_scene({str(src)!r}, {str(out)!r}, cfg, model=Slow(pointwise(), 0.3),
+                    normalization=Normalization((128.0,) * 3, (64.0,) * 3), progress=False)
+    """)
+    run = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_until_stitching(run, out_dir)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=60)
+    assert hidden(out_dir) and not out.exists(), "the killed run left temporary files and no mask"
+    infer_scene(src, out, cfg(), model=pointwise(), normalization=NORM, progress=False)
+    assert hidden(out_dir) == [], "the next run removed the leftovers"
+    assert out.exists()
 
 
 def test_sigterm_aborts_cleanly_with_status_143(tmp_path) -> None:
-    src = write_scene(tmp_path / "scene.tif", np.random.default_rng(1).integers(1, 255, (3, 192, 192), np.uint8))
+    src = write_scene(tmp_path / "scene.tif", np.random.default_rng(1).integers(1, 255, (3, 256, 256), np.uint8))
     out = tmp_path / "m.tif"
-    run = cli("infer", src, "--out", out, "--tile", 64, "--batch", 1, "--backbone", "resnet50", "--no-progress")
+    # 9 tiles of ResNet-101 at 128 px, one at a time: slow enough to be caught mid-run
+    run = cli("infer", src, "--out", out, "--tile", 128, "--batch", 1, "--precision", "fp32", "--no-progress")
     wait_until_stitching(run, tmp_path)
     run.send_signal(signal.SIGTERM)
     output, _ = run.communicate(timeout=120)

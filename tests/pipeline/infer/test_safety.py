@@ -112,7 +112,7 @@ def test_overwrite_replaces_a_mask_tilewise_wrote(ray_session, tmp_path: Path, s
     assert result.exit_code == 0, result.output
     with rasterio.open(out) as m:
         assert "TILEWISE" in m.tags()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.tif", src.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.tif", "m.qml", "m.json", src.name, other.name])
 
 
 def test_a_batch_whose_sources_share_a_name_is_refused_before_any_work(tmp_path: Path) -> None:

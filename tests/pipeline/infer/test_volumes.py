@@ -69,14 +69,16 @@ def test_ct_series_to_dicom_seg_references_the_source_slices(ray_session, tmp_pa
     sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in CT5N.iterdir()}
     referenced = {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == set(sources) == set(geometry.sop_instance_uids)
-    pixels = seg.pixel_array  # (frames, Y, X) label map: segment k+1 is class k
-    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+    assert seg.segmentation_type.value == "BINARY", "the default: every SEG reader has it"
+    for frame in seg.PerFrameFunctionalGroupsSequence:
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         ipp = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
         np.testing.assert_allclose(ipp, [float(v) for v in sources[uid].ImagePositionPatient], atol=1e-3)
-        z = list(geometry.sop_instance_uids).index(uid)  # the source slice this frame belongs to
-        np.testing.assert_array_equal(pixels[i], expected[z] + 1)
-    assert len(seg.PerFrameFunctionalGroupsSequence) == len(sources)
+    # segment k+1 is class k; gathered per source slice, in the volume's order
+    pixels = seg.get_pixels_by_source_instance(list(geometry.sop_instance_uids), combine_segments=True)
+    np.testing.assert_array_equal(pixels, expected + 1)
+    # a BINARY SEG has one frame per segment and source slice
+    assert len(seg.PerFrameFunctionalGroupsSequence) == len(sources) * seg.number_of_segments
     shared = seg.SharedFunctionalGroupsSequence[0]
     ref = next(iter(sources.values()))
     np.testing.assert_allclose(
@@ -253,14 +255,14 @@ def test_enhanced_multiframe_ct_to_dicom_seg(ray_session, tmp_path) -> None:
     seg = hd.seg.segread(out)
     src = pydicom.dcmread(ect, stop_before_pixels=True)
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
-    assert seg.pixel_array.shape[-2:] == (512, 512) and seg.number_of_frames == 2
+    assert seg.pixel_array.shape[-2:] == (512, 512) and seg.number_of_frames == 2 * seg.number_of_segments
     source_z = sorted(
         float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in src.PerFrameFunctionalGroupsSequence
     )
     seg_z = sorted(
         float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in seg.PerFrameFunctionalGroupsSequence
     )
-    assert seg_z == pytest.approx(source_z)
+    assert sorted(set(seg_z)) == pytest.approx(source_z)  # one frame per segment on each source frame
 
 
 def test_batch_names_each_mask_after_its_source_and_format(tmp_path, rgb_byte) -> None:

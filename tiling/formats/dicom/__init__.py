@@ -7,15 +7,18 @@ Needs the ``medical`` extra. Nothing here imports pydicom until a file is opened
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tiling.errors import ConfigError
 from tiling.formats.base import Format
+from tiling.options import lookup_option
 
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
 
-__all__ = ["FORMAT", "SPACING_TOLERANCE", "DicomOptions"]
+__all__ = ["FORMAT", "SPACING_TOLERANCE", "DicomOptions", "DicomSegOptions", "SegType"]
 
 #: A step may differ from the median step by this fraction before it is a gap;
 #: scanners round positions to ~0.01 mm, a missing slice is a 100 % deviation.
@@ -33,6 +36,41 @@ class DicomOptions:
 
     series: str | None = None
     spacing_tolerance: float = SPACING_TOLERANCE
+
+
+class SegType(str, Enum):
+    """Which DICOM Segmentation the labels become.
+
+    ``binary``: Segmentation Storage, one 1-bit frame per segment and slice;
+    what every SEG reader (3D Slicer, OHIF, dcmqi, dciodvfy) understands.
+    ``labelmap``: Label Map Segmentation Storage (Supplement 243, 2024), one
+    8-bit frame per slice holding segment numbers; smaller, newer, and not
+    yet read everywhere.
+    """
+
+    BINARY = "binary"
+    LABELMAP = "labelmap"
+
+
+@dataclass(frozen=True)
+class DicomSegOptions:
+    """Writer options of a DICOM SEG mask.
+
+    Attributes:
+        seg_type: :class:`SegType` (or its name); BINARY by default, the
+            widest reader support.
+        seg_codes: a JSON or YAML file giving each class's segmented property
+            category and type codes (see :mod:`tiling.formats.dicom.codes`);
+            generic "Tissue" codes when None.
+    """
+
+    seg_type: SegType | str = SegType.BINARY
+    seg_codes: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seg_type", lookup_option(self.seg_type, SegType, "seg_type"))
+        if self.seg_codes is not None and not Path(self.seg_codes).is_file():
+            raise ConfigError(f"seg_codes: {self.seg_codes}: no such file; give a JSON or YAML file of class codes")
 
 
 def _sniff(path: Path) -> bool:
@@ -80,5 +118,6 @@ FORMAT = Format(
     suffixes=(".dcm",),
     extra="medical",
     priority=20,
+    sink_options=DicomSegOptions,
     owns=_owns,
 )

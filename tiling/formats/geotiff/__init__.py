@@ -58,7 +58,15 @@ def _open(path: Path, options: GeoTiffOptions) -> Source:
 
 
 def _owns(path: Path) -> bool:
-    """A GeoTIFF carrying tilewise's mark (the ``TILEWISE`` tag; masks of 0.1 have ``CLASS_NAMES``)."""
+    """A GeoTIFF carrying tilewise's mark (the ``TILEWISE`` tag; masks of 0.1 have ``CLASS_NAMES``),
+    or a sidecar tilewise wrote beside one (a QGIS style or STAC Item that names tilewise).
+    """
+    if path.suffix.lower() in (".qml", ".json"):
+        try:
+            head = path.read_text(errors="replace")[:65536]
+        except OSError:
+            return False
+        return "tilewise" in head and (path.suffix.lower() == ".json" or "<qgis" in head)
     import rasterio
     from rasterio.errors import RasterioError
 

@@ -3,7 +3,9 @@
 Blocks are written as they finish into a tiled, compressed GTiff under a
 temporary name beside the output. :meth:`CogSink.finalize` converts it with
 GDAL's COG driver (which adds overviews) and renames the result into place,
-so the final name appears only when the file is complete. Writing directly
+so the final name appears only when the file is complete. A QGIS style
+(``.qml``) and a STAC Item (``.json``) that describe the mask are published
+in the same step (see :mod:`tiling.formats.geotiff.sidecars`). Writing directly
 with ``driver="COG"`` would buffer the whole raster in memory; the windowed
 GTiff plus ``rasterio.shutil.copy`` stays flat (see docs/design.md).
 """
@@ -29,8 +31,9 @@ from rasterio.errors import RasterioError
 from tiling.core.labels import LABEL_NODATA, default_colormap
 from tiling.core.windows import Window
 from tiling.errors import ConfigError
-from tiling.formats.base import Sink, SinkRequest, Source, check_writable, sink_error, temp_name
+from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable, sink_error, temp_name
 from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache before any I/O)
+from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, source_datetime
 from tiling.formats.reference import MapReference
 
 __all__ = ["DEFAULT_BLOCK", "CogSink", "probs_path_for"]
@@ -101,7 +104,8 @@ class CogSink(Sink):
 
     The mask copies the source's CRS, transform, width and height; nodata
     pixels get label 255, declared as the file's nodata. Class names go into
-    the band description and tags, colours into the colour table.
+    the band description and tags, colours into the colour table; a QGIS
+    style and a STAC Item go beside it.
 
     Args:
         path: the output mask.
@@ -110,6 +114,8 @@ class CogSink(Sink):
         class_names: one name per class.
         save_probs: also write ``<stem>.probs.tif`` with one band per class.
         block: internal tile size of the outputs.
+        provenance: the model that made the mask, for the STAC Item.
+        source: the image the mask was made from, for the STAC Item.
 
     Raises:
         SinkError: if the output folder is missing or not writable.
@@ -123,12 +129,20 @@ class CogSink(Sink):
         class_names: Sequence[str],
         save_probs: bool = False,
         block: int = DEFAULT_BLOCK,
+        provenance: ModelProvenance | None = None,
+        source: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(shape)
         check_writable(self.path)
         self.block = (block, block)
         self.class_names = list(class_names)
+        self.probs = probs_path_for(self.path) if save_probs else None
+        description = MaskDescription(
+            tuple(self.class_names), (int(shape[0]), int(shape[1])), georef.crs, georef.transform, provenance,
+            source, source_datetime(source) if source is not None else None,
+        )  # fmt: skip
+        self._sidecars = Sidecars(self.path, description, self.probs)
         base = dict(
             driver="GTiff", height=shape[0], width=shape[1], tiled=True,
             blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER",
@@ -149,8 +163,9 @@ class CogSink(Sink):
 
     @classmethod
     def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:
-        """The mask, and ``<stem>.probs.tif`` when probabilities are saved."""
-        return (path, probs_path_for(path)) if request.save_probs else (path,)
+        """The mask, ``<stem>.probs.tif`` when probabilities are saved, the QGIS style and the STAC Item."""
+        probs = (probs_path_for(path),) if request.save_probs else ()
+        return (path, *probs, path.with_suffix(".qml"), path.with_suffix(".json"))
 
     @classmethod
     def for_source(cls, path: Path, source: Source, request: SinkRequest) -> CogSink:
@@ -168,7 +183,10 @@ class CogSink(Sink):
                 f"{source.path}: has no CRS, so the mask could not be placed on a map; "
                 "pass --allow-no-crs to write a mask on the bare pixel grid"
             )
-        return cls(path, (int(source.shape[0]), int(source.shape[1])), ref, request.class_names, request.save_probs)
+        return cls(
+            path, (int(source.shape[0]), int(source.shape[1])), ref, request.class_names, request.save_probs,
+            provenance=request.provenance, source=Path(source.path),
+        )  # fmt: skip
 
     def _add(self, final: Path, profile: dict[str, Any], resampling: str) -> _TiffPart:
         part = _TiffPart(final, profile, resampling)
@@ -199,7 +217,10 @@ class CogSink(Sink):
             self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=_version())
 
     def finalize(self) -> tuple[Path, ...]:
-        """Convert to COG and move into place; returns the mask path (and the probabilities').
+        """Convert to COG and move into place with its sidecars.
+
+        Returns:
+            The mask, the probabilities (if saved), the ``.qml`` and the STAC ``.json``.
 
         Raises:
             SinkFinalizedError: if called twice.
@@ -209,16 +230,20 @@ class CogSink(Sink):
         try:
             for part in self._parts:
                 part.convert(self.block[0])
+            self._sidecars.write()
             for part in self._parts:
                 part.publish()
+            sidecars = self._sidecars.publish()
         except Exception:
             self.abort()
             raise
         log.info("wrote %s", self.path)
-        return tuple(part.final for part in self._parts)
+        return tuple(part.final for part in self._parts) + sidecars
 
     def abort(self) -> None:
         """Remove every temporary file; the final names are never touched."""
         self._closed = True
         for part in getattr(self, "_parts", []):
             part.remove()
+        if hasattr(self, "_sidecars"):
+            self._sidecars.remove()

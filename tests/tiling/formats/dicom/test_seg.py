@@ -44,7 +44,7 @@ def ct5n_seg(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DicomSerie
     src = DicomSeriesSource(CT5N)
     labels = _hu_labels(src)
     out = tmp_path_factory.mktemp("seg") / "ct5n_seg.dcm"
-    sink = DicomSegSink(out, src.reference, CLASSES)
+    sink = DicomSegSink(out, src.reference, CLASSES, segmentation_type="LABELMAP")
     _write_blocks(sink, labels, (2, 8, 8))
     assert not out.exists()
     assert sink.finalize()[0] == out
@@ -83,7 +83,8 @@ def test_ct5n_seg_frames_sit_on_their_source_slices(ct5n_seg) -> None:
 def test_ct5n_seg_describes_the_segments_and_algorithm(ct5n_seg) -> None:
     out, _, _ = ct5n_seg
     seg = hd.seg.segread(out)
-    described = {int(s.SegmentNumber): s for s in seg.SegmentSequence if int(s.SegmentNumber) > 0}
+    described = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    assert sorted(described) == [1, 2, 3], "numbered from 1, no segment 0 (Supplement 243: background is padding)"
     assert [described[k].SegmentLabel for k in (1, 2, 3)] == CLASSES
     for item in described.values():
         assert item.SegmentAlgorithmType == "AUTOMATIC"
@@ -120,7 +121,7 @@ def test_binary_type_and_background_class(tmp_path: Path) -> None:
 def test_multiframe_seg_maps_frames_by_position(tmp_path: Path) -> None:
     src = DicomMultiframeSource(ECT)
     labels = _hu_labels(src)
-    sink = DicomSegSink(tmp_path / "e.dcm", src.reference, CLASSES)
+    sink = DicomSegSink(tmp_path / "e.dcm", src.reference, CLASSES, segmentation_type="LABELMAP")
     _write_blocks(sink, labels, (1, 256, 256))
     seg = hd.seg.segread(sink.finalize()[0])
     ds = pydicom.dcmread(ECT, stop_before_pixels=True)
@@ -178,6 +179,7 @@ def test_bad_writes_and_paths(tmp_path: Path) -> None:
         DicomSegSink(tmp_path / "nope" / "x.dcm", src.reference, CLASSES)
     with pytest.raises(ConfigError, match="LABELMAP or BINARY"):
         DicomSegSink(tmp_path / "x.dcm", src.reference, CLASSES, segmentation_type="FRACTIONAL")
+    assert list(tmp_path.iterdir()) == [], "a refused sink leaves no buffer behind"
 
 
 @given(classes=st.integers(1, 254), background=st.none() | st.integers(0, 253))

@@ -42,7 +42,8 @@ def test_writes_a_cog_with_georef_overviews_colours_and_names(tmp_path) -> None:
     with rasterio.open(probs_path_for(out)) as ds:
         assert ds.count == 3 and ds.descriptions[1] == "p(water)"
         np.testing.assert_array_equal(ds.read(2) == 255, expected == 1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.probs.tif", "mask.tif"]
+    # the QGIS style and the STAC Item are published with the mask (see test_sidecars.py)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.json", "mask.probs.tif", "mask.qml", "mask.tif"]
 
 
 def test_abort_leaves_nothing(tmp_path) -> None:
