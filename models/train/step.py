@@ -1,0 +1,113 @@
+"""One optimisation step and one evaluation batch, shared by every way of training.
+
+Mixed precision follows :func:`models.resolve_precision`: autocast to
+bfloat16 where the device computes it natively, float16 on CUDA with a
+gradient scaler, fp32 otherwise. Gradient accumulation divides the loss by
+the number of micro-batches, so ``accumulate`` batches of b equal one of
+``accumulate * b``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.precision import Precision
+from models.train.losses import IGNORE_INDEX, segmentation_loss
+from models.train.metrics import ConfusionMatrix
+
+__all__ = ["OOM_HINT", "autocast", "evaluate_batch", "forward", "train_step"]
+
+#: The last line of an out-of-memory error: the fine-tuning card's remedies.
+OOM_HINT = (
+    "out of memory: lower --batch-size (with --accumulate N to keep the effective batch), "
+    "use --precision bf16 or fp16 (AMP), --grad-checkpointing, or a smaller --tile"
+)
+
+
+def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` (a no-op for fp32)."""
+    if precision in (Precision.FP32, Precision.AUTO):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Class scores (B, K, H, W) of a segmentation model (torchvision's dict output unwrapped)."""
+    out = model(images)
+    return out["out"] if isinstance(out, dict) else out
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    precision: Precision = Precision.FP32,
+    scaler: torch.amp.GradScaler | None = None,
+    accumulate: int = 1,
+    step: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> float:
+    """Forward and backward one micro-batch; update the weights when ``step``.
+
+    Args:
+        model: in train mode (DDP-wrapped or not).
+        images: (B, C, H, W) float32, normalised, on the model's device.
+        targets: (B, H, W) int64 labels with ``ignore_index`` where nothing counts.
+        optimizer: its gradients are zeroed after each update.
+        precision: autocast precision (resolved, not ``auto``).
+        scaler: a GradScaler for fp16, else None.
+        accumulate: micro-batches per update; the loss is divided by it.
+        step: apply the update after this micro-batch.
+        ignore_index: the label that does not count.
+
+    Returns:
+        The micro-batch's loss (not divided by ``accumulate``).
+    """
+    with autocast(precision, images.device):
+        logits = forward(model, images)
+    loss = segmentation_loss(logits, targets, ignore_index)
+    scaled = loss / accumulate
+    if scaler is not None:
+        scaler.scale(scaled).backward()
+    else:
+        scaled.backward()
+    if step:
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    matrix: ConfusionMatrix,
+    *,
+    precision: Precision = Precision.FP32,
+) -> tuple[float, int]:
+    """Score one validation batch into ``matrix``.
+
+    Returns:
+        (summed loss over counted pixels, number of counted pixels), so that
+        the validation loss is a pixel-weighted mean over batches and workers.
+    """
+    with autocast(precision, images.device):
+        logits = forward(model, images)
+    counted = int((targets != matrix.ignore_index).sum())
+    loss = segmentation_loss(logits, targets, matrix.ignore_index) * max(counted, 1)
+    pred = logits.argmax(1).cpu().numpy().astype(np.int64)
+    matrix.update(pred, targets.cpu().numpy())
+    return float(loss), counted
