@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from tiling.core.windows import Window, clip, intersects
-from tiling.errors import SinkError, SinkFinalizedError
+from tiling.errors import ConfigError, SinkError, SinkFinalizedError
 from tiling.formats.reference import Reference
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are strings at run time
@@ -33,6 +33,7 @@ __all__ = [
     "SinkRequest",
     "Source",
     "SourceBase",
+    "check_label_shape",
     "check_writable",
     "empty_read",
 ]
@@ -120,6 +121,21 @@ class SourceBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_label_shape(path: Path, shape: tuple[int, ...], count: int, image: Source) -> None:
+    """Refuse labels that do not cover ``image`` pixel for pixel with one band.
+
+    Raises:
+        ConfigError: naming both shapes, or the band count.
+    """
+    if count != 1:
+        raise ConfigError(f"{path}: labels must have one band, this has {count}")
+    if tuple(shape) != tuple(image.shape):
+        raise ConfigError(
+            f"{path}: labels have shape {tuple(shape)}, the image {image.path} has {tuple(image.shape)}; "
+            "they must cover the same pixels"
+        )
 
 
 def check_writable(path: Path, folder: bool = False) -> None:
@@ -255,6 +271,13 @@ class Format:
         suffixes: output suffixes that select this sink (``.tif``), lower case.
         extra: the pip extra that installs this format's libraries, if any.
         priority: lower sniffs first; a catch-all format (GDAL) goes last.
+        open_labels: opens ``(path, label_options, image)`` as the labels of
+            the source ``image``: a :class:`Source` with ``count == 1`` and
+            ``image``'s shape, whose values are raw labels (integers); None
+            when the format holds no labels.
+        label_options: the frozen dataclass of label reader options.
+        scenes: for a dataset layout (a folder of image/mask pairs), lists its
+            ``(image, labels)`` paths; each is then opened through the registry.
     """
 
     name: str
@@ -267,6 +290,9 @@ class Format:
     suffixes: tuple[str, ...] = ()
     extra: str | None = None
     priority: int = 50
+    open_labels: Callable[[Path, Any, Source], Source] | None = None
+    label_options: type = NoOptions
+    scenes: Callable[[Path], list[tuple[Path, Path]]] | None = None
 
     @property
     def writes(self) -> str:
@@ -276,3 +302,7 @@ class Format:
     def option_names(self) -> Sequence[str]:
         """The reader options this format accepts."""
         return tuple(self.options.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    def label_option_names(self) -> Sequence[str]:
+        """The label reader options this format accepts."""
+        return tuple(self.label_options.__dataclass_fields__)  # type: ignore[attr-defined]

@@ -51,6 +51,12 @@ def _open(path: Path, options: DicomOptions) -> Source:
     return open_dicom(path, series_uid=options.series, spacing_tolerance=options.spacing_tolerance)
 
 
+def _open_labels(path: Path, options: object, image: Source) -> Source:
+    from tiling.formats.dicom.seglabels import DicomSegLabels
+
+    return DicomSegLabels(path, image)
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.dicom.seg import DicomSegSink
 
@@ -68,4 +74,5 @@ FORMAT = Format(
     suffixes=(".dcm",),
     extra="medical",
     priority=20,
+    open_labels=_open_labels,
 )

@@ -15,7 +15,7 @@ from tiling.formats.base import Format
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
 
-__all__ = ["FORMAT", "GeoTiffOptions"]
+__all__ = ["FORMAT", "GeoTiffLabelOptions", "GeoTiffOptions"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,18 @@ class GeoTiffOptions:
             object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
 
 
+@dataclass(frozen=True)
+class GeoTiffLabelOptions:
+    """Options of a label raster.
+
+    Attributes:
+        resample: accept labels on another grid and resample them onto the
+            image's (nearest neighbour); refused otherwise.
+    """
+
+    resample: bool = False
+
+
 def _sniff(path: Path) -> bool:
     return True  # GDAL decides; a file it cannot read gets a one-line error at open
 
@@ -41,6 +53,12 @@ def _open(path: Path, options: GeoTiffOptions) -> Source:
     from tiling.formats.geotiff.reader import GeoTiffSource
 
     return GeoTiffSource(path, bands=options.bands)
+
+
+def _open_labels(path: Path, options: GeoTiffLabelOptions, image: Source) -> Source:
+    from tiling.formats.geotiff.labels import GeoTiffLabels
+
+    return GeoTiffLabels(path, image, resample=options.resample)
 
 
 def _sink() -> type[Sink]:
@@ -59,4 +77,6 @@ FORMAT = Format(
     output_name="cog",
     suffixes=(".tif", ".tiff"),
     priority=100,
+    open_labels=_open_labels,
+    label_options=GeoTiffLabelOptions,
 )

@@ -15,7 +15,7 @@ from tiling.formats.base import Format
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
 
-__all__ = ["FORMAT", "ZarrOptions"]
+__all__ = ["FORMAT", "ZarrLabelOptions", "ZarrOptions"]
 
 _MARKERS = (".zgroup", ".zarray", "zarr.json")
 
@@ -40,6 +40,21 @@ class ZarrOptions:
             object.__setattr__(self, "axes", tuple(self.axes))
 
 
+@dataclass(frozen=True)
+class ZarrLabelOptions:
+    """Options of Zarr labels.
+
+    Attributes:
+        name: the label image in an OME-Zarr ``labels`` group; the first listed when None.
+        level: the multiscale level; the image's level when None.
+        array: for a plain group, the label array's path inside it.
+    """
+
+    name: str | None = None
+    level: int | None = None
+    array: str | None = None
+
+
 def _sniff(path: Path) -> bool:
     return path.suffix == ".zarr" or any((path / m).exists() for m in _MARKERS)
 
@@ -48,6 +63,12 @@ def _open(path: Path, options: ZarrOptions) -> Source:
     from tiling.formats.zarr.reader import ZarrSource
 
     return ZarrSource(path, level=options.level, array=options.array, axes=options.axes)
+
+
+def _open_labels(path: Path, options: ZarrLabelOptions, image: Source) -> Source:
+    from tiling.formats.zarr.labels import ZarrLabels
+
+    return ZarrLabels(path, image, options)
 
 
 def _sink() -> type[Sink]:
@@ -67,4 +88,6 @@ FORMAT = Format(
     suffixes=(".zarr",),
     extra="medical",
     priority=10,
+    open_labels=_open_labels,
+    label_options=ZarrLabelOptions,
 )
