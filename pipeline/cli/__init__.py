@@ -11,6 +11,7 @@ import click
 from pipeline.cli.common import setup_logging
 from pipeline.cli.demo import demo
 from pipeline.cli.infer import infer
+from pipeline.cli.train import train
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +27,7 @@ def cli(verbose: int, quiet: int) -> None:
 
 cli.add_command(infer)
 cli.add_command(demo)
+cli.add_command(train)
 
 
 def main() -> None:

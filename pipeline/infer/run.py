@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from models import ModelError, Normalization, build_model, check_bands
 from pipeline.config import PipelineConfig
 from pipeline.infer.datasource import TileDatasource
+from pipeline.infer.exported import apply_export
 from pipeline.infer.predict import PredictUDF
 from pipeline.ray_env import ensure_ray, unwrap_user_error
 from tiling.core import Stitcher, TileGrid, TileLayout, sample_band_stats
@@ -126,6 +127,9 @@ def infer_scene(
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
     cfg = (config or PipelineConfig()).validate()
+    # weights exported by `tilewise train` carry classes, bands and the training normalisation
+    cfg, trained_norm = apply_export(cfg)
+    normalization = normalization or trained_norm
     src, out = Path(src), Path(out)
     t0 = time.perf_counter()
     fmt = output_format(out, cfg.output_format)
