@@ -10,6 +10,7 @@ import click
 
 from pipeline.cli.common import setup_logging
 from pipeline.cli.demo import demo
+from pipeline.cli.evaluate import evaluate
 from pipeline.cli.infer import infer
 from pipeline.cli.train import train
 
@@ -28,6 +29,7 @@ def cli(verbose: int, quiet: int) -> None:
 cli.add_command(infer)
 cli.add_command(demo)
 cli.add_command(train)
+cli.add_command(evaluate)
 
 
 def main() -> None:

@@ -103,6 +103,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--use-gpu", "run", "use_gpu", "One GPU per worker, NCCL.", is_flag=True),
     Flag("--cpus-per-worker", "run", "cpus_per_worker", "Ray CPUs per worker (default: share, keep one for reads).", float),
     Flag("--resume", "run", "resume", "Continue from a checkpoint.pt (or its folder)."),
+    Flag("--stop-after", "run", "stop_after", "Stop after this many epochs (resume later; the schedule stays).", int),
     Flag("--seed", "run", "seed", "Seed of the split, the sampling and the augmentation.", int),
     Flag("--augment", "run", "augment", "Augmentation preset.", _choice(["remote-sensing", "ct", "none"])),
     Flag("--augment-custom", "run", "augment_custom", "Extra albumentations transforms, YAML list.", None, _transforms),

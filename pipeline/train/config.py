@@ -202,6 +202,7 @@ class RunTrainConfig:
     use_gpu: bool = False  # NCCL on GPUs; gloo on CPUs otherwise
     cpus_per_worker: float | None = None  # None: share the CPUs, keeping one for Ray Data's reads
     resume: str | None = None  # a checkpoint.pt (or the folder holding one) to continue from
+    stop_after: int | None = None  # stop after this many epochs in all, keeping the schedule of `epochs`
     seed: int = 0
     augment: str = Preset.REMOTE_SENSING.value  # remote-sensing | ct | none
     augment_custom: tuple[dict[str, Any], ...] = ()  # albumentations transforms: [{name: ..., p: ...}]
@@ -215,6 +216,8 @@ class RunTrainConfig:
             ConfigError: naming the first invalid field.
         """
         _positive_int("num_workers", self.num_workers)
+        if self.stop_after is not None:
+            _positive_int("stop_after", self.stop_after)
         if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ConfigError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker!r}")
         if self.augment not in [p.value for p in Preset]:

@@ -44,6 +44,8 @@ __all__ = [
     "plan",
     "read_batch",
     "scene_normalization",
+    "tile_window",
+    "val_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -309,7 +311,7 @@ def plan(train: Sequence[Scene], val: Sequence[Scene], cfg: DataConfig, seed: in
     return Plan(tr, va, train_blocks, tile, class_pixels), scenes
 
 
-def _tile_window(ref: TileRef, tile: int, volume: bool) -> Window:
+def tile_window(ref: TileRef, tile: int, volume: bool) -> Window:
     return Window(ref.start, (1, tile, tile) if volume else (tile, tile))
 
 
@@ -406,7 +408,7 @@ def read_batch(
     for scene_i, start, seed, pad in zip(batch["scene"], batch["start"], batch["seed"], batch["pad"]):
         scene = scenes[int(scene_i)]
         image, lbl = _sources(scene)
-        w = _tile_window(TileRef(int(scene_i), tuple(int(x) for x in start)), tile, scene.volume)
+        w = tile_window(TileRef(int(scene_i), tuple(int(x) for x in start)), tile, scene.volume)
         layout = TileLayout(0 if scene.volume else None, 1, window)
         data, valid = layout.read(image, w)
         raw, lvalid = lbl.read(w) if not scene.volume else _label_slice(lbl, w)

@@ -63,6 +63,7 @@ class LoopConfig:
     accumulate: int
     epochs: int
     start_epoch: int
+    stop_epoch: int  # the run ends after this epoch (< epochs when stopped early to resume later)
     steps_per_epoch: int
     ignore_index: int
     seed: int
@@ -139,7 +140,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ))  # fmt: skip
     per_epoch = c.steps_per_epoch * c.accumulate
     try:
-        for epoch in range(c.start_epoch, c.epochs):
+        for epoch in range(c.start_epoch, c.stop_epoch):
             torch.manual_seed(c.seed * 1000 + epoch * 10 + rank)  # dropout: the same draws after a resume
             model.train()
             t0, losses = time.perf_counter(), []

@@ -27,9 +27,17 @@ from models import Init, ModelError, pretrained_weights
 from models.train import ExportInfo, build_augmentation, load_checkpoint
 from pipeline.ray_env import ensure_ray, unwrap_user_error
 from pipeline.train.config import TrainConfig, parse_label_map
-from pipeline.train.data import Plan, epoch_rows, open_scenes, plan, read_batch, scene_normalization, val_rows
+from pipeline.train.data import (
+    epoch_rows,
+    open_scenes,
+    plan,
+    read_batch,
+    scene_normalization,
+    tile_window,
+    val_rows,
+)
 from pipeline.train.loop import LoopConfig, steps_per_epoch, train_loop
-from tiling.core import window_bounds
+from tiling.core import Window, window_bounds
 from tiling.errors import ConfigError, SinkError, TilingError
 
 __all__ = ["TrainResult", "init_weights", "train"]
@@ -51,6 +59,7 @@ class TrainResult:
     seconds: float
     train_tiles: int
     val_tiles: int
+    val_windows: list[tuple[int, Window]]  # (scene index, window) of every validation tile
 
 
 def init_weights(init: str, backbone: Any, download: bool) -> str | None:
@@ -152,7 +161,10 @@ def train(
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_flat(), sort_keys=False))
     ensure_ray(cfg.run.address, cfg.run.num_cpus)
     resources, read_cpus, threads = _resources(cfg)
-    rows = first + [r for e in range(start_epoch + 1, o.epochs) for r in epoch_rows(the_plan, scenes, d, e, cfg.run.seed, per_step)]  # fmt: skip
+    stop = min(o.epochs, cfg.run.stop_after or o.epochs)
+    if stop <= start_epoch:
+        raise ConfigError(f"stop_after: {cfg.run.stop_after} epochs are already done; nothing to train")
+    rows = first + [r for e in range(start_epoch + 1, stop) for r in epoch_rows(the_plan, scenes, d, e, cfg.run.seed, per_step)]  # fmt: skip
     window = None if d.window is None else window_bounds(d.window)
     read_kwargs = dict(
         scenes=scenes, tile=d.tile, normalization=norm, ignore_index=d.ignore_index,
@@ -177,7 +189,7 @@ def train(
         classes=d.classes, class_names=tuple(d.names), channels=scenes[0].channels, init_weights=weights,
         precision=str(m.precision.value if hasattr(m.precision, "value") else m.precision),
         grad_checkpointing=m.grad_checkpointing, lr=o.lr, weight_decay=o.weight_decay, batch_size=o.batch_size,
-        accumulate=o.accumulate, epochs=o.epochs, start_epoch=start_epoch, steps_per_epoch=steps,
+        accumulate=o.accumulate, epochs=o.epochs, start_epoch=start_epoch, stop_epoch=stop, steps_per_epoch=steps,
         ignore_index=d.ignore_index, seed=cfg.run.seed, threads=threads,
         resume=str(resume) if resume else None, export=export.to_dict(), progress=queue, model_fn=model_fn,
         history=history,
@@ -192,13 +204,14 @@ def train(
         run_config=RunConfig(storage_path=str(out / ".ray"), name=f"train-{int(time.time())}"),
     )
     log.info("training on %d worker(s): %d steps per epoch of %d tiles", world, steps, per_step)
-    _fit(trainer, queue, o.epochs - start_epoch, progress)
+    _fit(trainer, queue, stop - start_epoch, progress)
     import json
 
     metrics = json.loads((out / "metrics.json").read_text())
     return TrainResult(
         out, out / "model.pt", out / "checkpoint.pt", out / "metrics.json", metrics["epochs"],
         time.perf_counter() - t0, len(the_plan.train), len(the_plan.val),
+        [(t.scene, tile_window(t, d.tile, scenes[t.scene].volume)) for t in the_plan.val],
     )  # fmt: skip
 
 

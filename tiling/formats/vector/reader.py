@@ -99,8 +99,8 @@ class VectorLabels(SourceBase):
 
     def _shapes(self, window: Window) -> list[tuple[Any, int]]:
         (r0, c0), (h, w) = window.start, window.shape
-        left, top = self._transform * (c0, r0)
-        right, bottom = self._transform * (c0 + w, r0 + h)
+        left, top = self._transform @ (c0, r0)
+        right, bottom = self._transform @ (c0 + w, r0 + h)
         bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
         if self._reproject:
             bounds = transform_bounds(self._image_crs, self._layer_crs, *bounds)
@@ -125,7 +125,7 @@ class VectorLabels(SourceBase):
             return data, valid
         shapes = self._shapes(inside)
         sl = inside.relative_to(window).to_slices()
-        out_transform = self._transform * Affine.translation(inside.start[1], inside.start[0])
+        out_transform = self._transform @ Affine.translation(inside.start[1], inside.start[0])
         if shapes:
             burnt = rasterize(
                 shapes, out_shape=inside.shape, transform=out_transform, fill=self.options.background,
