@@ -105,7 +105,8 @@ def _label_lut(cfg: DataConfig, value_map_in_reader: bool) -> np.ndarray:
     """Raw value -> class lookup for values 0..65535 (-1: not a class)."""
     lut = np.full(65536, -1, np.int16)
     lut[: cfg.classes] = np.arange(cfg.classes)
-    lut[cfg.ignore_index] = cfg.ignore_index
+    # The ignore index is what a label becomes, not a raw value to drop silently: SpaceNet's
+    # masks mark roads with 255. A raw 255 must be mapped (255:1, or 255:ignore); nodata is ignored anyway.
     if not value_map_in_reader:
         for key, cls in parse_label_map(cfg.label_map, cfg.ignore_index).items():
             try:

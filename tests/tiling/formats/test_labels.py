@@ -59,7 +59,7 @@ def test_labels_on_another_grid_need_resample_labels(shared_data: Path, tmp_path
         half = ds.read(1)[::2, ::2]
         coarse = write_scene(
             tmp_path / "coarse.tif", half[None], crs=ds.crs.to_string(), block=None,
-            transform=ds.transform * Affine.scale(2),
+            transform=ds.transform @ Affine.scale(2),
         )  # fmt: skip
     with open_source(shared_data / VEGAS / "road_mask_input.tif") as img:
         with pytest.raises(ConfigError, match="on another grid .* pass --resample-labels"):
