@@ -152,7 +152,7 @@ def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
                 return checkpoint(_inner, *args, use_reentrant=False)
             return _inner(*args)
 
-        stage.forward = run  # type: ignore[method-assign]
+        stage.forward = run
     return model
 
 
@@ -252,13 +252,12 @@ def _fit_checkpoint(
 
 def _replace_first_conv(model: nn.Module, backbone: Backbone, in_channels: int) -> None:
     """Give the model a first convolution that takes ``in_channels`` bands."""
+    body: Any = model.backbone
     if backbone is Backbone.MOBILENET_V3_LARGE:
-        old = model.backbone["0"][0]
-        model.backbone["0"][0] = nn.Conv2d(
-            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
-        )  # fmt: skip
+        old = body["0"][0]
+        body["0"][0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     else:
-        model.backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
 
 
 def build_model(

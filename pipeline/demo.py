@@ -143,7 +143,9 @@ def quicklook(scene: Path, mask: Path, truth: Path, out: Path, width: int = 1536
             ax.imshow(data)
         ax.set_title(title)
         ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(len(CLASS_NAMES))]
+    from matplotlib.patches import Rectangle
+
+    handles = [Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(len(CLASS_NAMES))]
     fig.legend(handles, CLASS_NAMES, loc="lower center", ncol=len(CLASS_NAMES))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=80)

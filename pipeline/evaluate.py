@@ -58,7 +58,9 @@ def score_mask(
                 pred, pvalid = pred_src.read(w)
                 raw, lvalid = label_src.read(w)
                 raw = raw[0].astype(np.int64)
-                truth = np.where((raw >= 0) & (raw < scene.lut.size), scene.lut[np.clip(raw, 0, scene.lut.size - 1)], -1)
+                truth = np.where(
+                    (raw >= 0) & (raw < scene.lut.size), scene.lut[np.clip(raw, 0, scene.lut.size - 1)], -1
+                )
                 _, ivalid = image_src.read(w)
                 keep = pvalid & lvalid & ivalid & (truth >= 0) & (pred[0] != 255)
                 matrix.update(pred[0][keep], truth[keep])

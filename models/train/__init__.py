@@ -7,7 +7,7 @@ from models.train.checkpoint import get_rng_state, load_checkpoint, save_checkpo
 from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export
 from models.train.losses import IGNORE_INDEX, segmentation_loss
 from models.train.metrics import ConfusionMatrix
-from models.train.step import OOM_HINT, autocast, evaluate_batch, forward, train_step
+from models.train.step import OOM_HINT, autocast, evaluate_batch, forward, recalibrate_batchnorm, train_step
 
 __all__ = [
     "EXPORT_KEY",
@@ -25,6 +25,7 @@ __all__ = [
     "get_rng_state",
     "load_checkpoint",
     "read_export",
+    "recalibrate_batchnorm",
     "save_checkpoint",
     "segmentation_loss",
     "set_rng_state",

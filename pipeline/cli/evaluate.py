@@ -14,15 +14,23 @@ from pipeline.cli.options import FLAGS, build_config, config_options
 __all__ = ["evaluate"]
 
 #: Inference flags that make sense here; the export fixes classes, names, backbone and bands.
-_FLAGS = tuple(f for f in FLAGS if f.name in ("--tile", "--overlap", "--blend", "--batch", "--precision", "--address", "--num-cpus", "--device"))
+_FLAGS = tuple(
+    f
+    for f in FLAGS
+    if f.name in ("--tile", "--overlap", "--blend", "--batch", "--precision", "--address", "--num-cpus", "--device")
+)
 
 
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.argument("labels", type=click.Path(path_type=Path))
-@click.option("--weights", type=click.Path(path_type=Path, dir_okay=False), required=True, help="A model.pt from tilewise train.")
+@click.option(
+    "--weights", type=click.Path(path_type=Path, dir_okay=False), required=True, help="A model.pt from tilewise train."
+)
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Keep the predicted mask here.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores as JSON.")
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the scores as JSON."
+)
 @click.option("--label-attribute", default=None, help="Vector labels: the attribute holding the class.")
 @config_options(_FLAGS)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
@@ -58,7 +66,9 @@ def evaluate(
         raise click.ClickException(one_line(image, e)) from None
     for name, iou in scores["iou"].items():
         click.echo(f"IoU {name:>12}: {'n/a' if iou is None else f'{iou:.4f}'}")
-    click.echo(f"mIoU: {scores['miou']:.4f}  pixel accuracy: {scores['pixel_accuracy']:.4f}  ({scores['pixels']} pixels)")
+    click.echo(
+        f"mIoU: {scores['miou']:.4f}  pixel accuracy: {scores['pixel_accuracy']:.4f}  ({scores['pixels']} pixels)"
+    )
     if scores["mask"]:
         click.echo(f"mask: {scores['mask']}")
     if json_out is not None:

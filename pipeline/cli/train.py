@@ -65,7 +65,14 @@ def _choice(values: list[str]) -> click.Choice[str]:
 
 
 TRAIN_FLAGS: tuple[Flag, ...] = (
-    Flag("--image", "data", "image", "Training images, comma-separated (or one folder of images/ + masks/).", None, _texts),
+    Flag(
+        "--image",
+        "data",
+        "image",
+        "Training images, comma-separated (or one folder of images/ + masks/).",
+        None,
+        _texts,
+    ),
     Flag("--labels", "data", "labels", "Their labels, one per image: raster, vector, DICOM SEG or Zarr.", None, _texts),
     Flag("--val-image", "data", "val_image", "Validation scenes for a scene split.", None, _texts),
     Flag("--val-labels", "data", "val_labels", "Their labels.", None, _texts),
@@ -92,6 +99,13 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--download", "model", "download", "Download --init weights into torch's cache if missing.", is_flag=True),
     Flag("--precision", "model", "precision", "AMP precision.", _choice([p.value for p in Precision])),
     Flag("--grad-checkpointing", "model", "grad_checkpointing", "Recompute activations (less memory).", is_flag=True),
+    Flag(
+        "--precise-bn",
+        "model",
+        "precise_bn",
+        "Batches to re-estimate BatchNorm statistics on each epoch (0: off).",
+        int,
+    ),
     Flag("--lr", "optim", "lr", "Learning rate (card: 1e-5..1e-4).", float),
     Flag("--batch-size", "optim", "batch_size", "Tiles per step per worker (card: 2..32).", int),
     Flag("--epochs", "optim", "epochs", "Epochs (card: 1..20).", int),
@@ -101,7 +115,13 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--out", "run", "out", "Folder for checkpoints, config.yaml, metrics and model.pt."),
     Flag("--num-workers", "run", "num_workers", "DDP workers.", int),
     Flag("--use-gpu", "run", "use_gpu", "One GPU per worker, NCCL.", is_flag=True),
-    Flag("--cpus-per-worker", "run", "cpus_per_worker", "Ray CPUs per worker (default: share, keep one for reads).", float),
+    Flag(
+        "--cpus-per-worker",
+        "run",
+        "cpus_per_worker",
+        "Ray CPUs per worker (default: share, keep one for reads).",
+        float,
+    ),
     Flag("--resume", "run", "resume", "Continue from a checkpoint.pt (or its folder)."),
     Flag("--stop-after", "run", "stop_after", "Stop after this many epochs (resume later; the schedule stays).", int),
     Flag("--seed", "run", "seed", "Seed of the split, the sampling and the augmentation.", int),
@@ -157,7 +177,8 @@ def train(config: Path | None, progress: bool, **values: Any) -> None:
     epoch, OUT/model.pt (for tilewise infer --weights), OUT/metrics.json,
     OUT/curves.png, OUT/confusion.png and OUT/config.yaml.
     """
-    from pipeline.train.run import USER_ERRORS, train as run_train
+    from pipeline.train.run import USER_ERRORS
+    from pipeline.train.run import train as run_train
 
     ctx = click.get_current_context()
     explicit = {d for d in values if ctx.get_parameter_source(d) in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}  # fmt: skip
@@ -165,7 +186,9 @@ def train(config: Path | None, progress: bool, **values: Any) -> None:
         cfg = load_train_config(config, values, explicit)
         result = run_train(cfg, progress=progress)
     except USER_ERRORS as e:
-        raise click.ClickException(one_line(config or Path("train"), e) if config else " ".join(str(e).split())) from None
+        raise click.ClickException(
+            one_line(config or Path("train"), e) if config else " ".join(str(e).split())
+        ) from None
     except KeyboardInterrupt:
         click.echo("interrupted; the last finished epoch's checkpoint is kept", err=True)
         sys.exit(130)

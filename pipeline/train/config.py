@@ -147,6 +147,9 @@ class ModelTrainConfig:
     # bf16 only where the hardware computes it natively: emulated bf16 is ~4x slower than fp32
     precision: Precision | str = Precision.AUTO
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    # BatchNorm's running statistics lag far behind fast-changing weights in short runs;
+    # re-estimate them over this many of each epoch's last training batches (0: keep them)
+    precise_bn: int = 8
 
     def validate(self) -> ModelTrainConfig:
         """A copy with options resolved to enums.

@@ -231,7 +231,9 @@ def _tiles_in(block: Window, tile: int) -> list[Window]:
     return [Window((block.start[0] + t.start[0], block.start[1] + t.start[1]), (tile, tile)) for t in plan_windows((h, w), tile, tile)]  # fmt: skip
 
 
-def _count(scene: Scene, labels: Source, window: Window, classes: int, ignore: int, cache: dict[str, Any]) -> np.ndarray:
+def _count(
+    scene: Scene, labels: Source, window: Window, classes: int, ignore: int, cache: dict[str, Any]
+) -> np.ndarray:
     """Labelled pixels per class in ``window``, refusing values that are no class."""
     raw, valid = labels.read(window)
     raw = raw[0].astype(np.int64)
@@ -307,12 +309,13 @@ def plan(train: Sequence[Scene], val: Sequence[Scene], cfg: DataConfig, seed: in
     if not va:
         raise ConfigError(f"{scenes[-1].labels.path}: no validation tile has a labelled pixel; raise --val-fraction")
     check_no_leak(tr, va, tile)
-    class_pixels = np.sum([t.counts for t in tr], axis=0)
+    class_pixels = np.sum([t.counts for t in tr if t.counts is not None], axis=0)
     log.info("%d training and %d validation tiles of %d px; class pixels %s", len(tr), len(va), tile, class_pixels)
     return Plan(tr, va, train_blocks, tile, class_pixels), scenes
 
 
 def tile_window(ref: TileRef, tile: int, volume: bool) -> Window:
+    """The window of a tile: (tile, tile), or one slice thick in a volume."""
     return Window(ref.start, (1, tile, tile) if volume else (tile, tile))
 
 
@@ -334,7 +337,9 @@ def check_no_leak(train: Sequence[TileRef], val: Sequence[TileRef], tile: int) -
                 )
 
 
-def epoch_rows(p: Plan, scenes: Sequence[Scene], cfg: DataConfig, epoch: int, seed: int, per_step: int) -> list[dict[str, Any]]:
+def epoch_rows(
+    p: Plan, scenes: Sequence[Scene], cfg: DataConfig, epoch: int, seed: int, per_step: int
+) -> list[dict[str, Any]]:
     """The training rows of one epoch, a multiple of ``per_step`` (workers x batch x accumulation).
 
     Grid windows are the same every epoch; ``random`` windows draw fresh
@@ -361,10 +366,20 @@ def epoch_rows(p: Plan, scenes: Sequence[Scene], cfg: DataConfig, epoch: int, se
             z = (b.start[0] + int(rng.integers(0, b.shape[0])),) if scenes[i].volume else ()
             refs.append(TileRef(i, (*z, r, c)))
     else:
-        refs = [p.train[i] for i in rng.permutation(len(p.train))] if cfg.samples is None else [p.train[i] for i in rng.choice(len(p.train), n)]
+        refs = (
+            [p.train[i] for i in rng.permutation(len(p.train))]
+            if cfg.samples is None
+            else [p.train[i] for i in rng.choice(len(p.train), n)]
+        )
     keep = len(refs) // per_step * per_step
     return [
-        {"scene": r.scene, "start": list(r.start), "seed": int(rng.integers(0, 2**31 - 1)), "epoch": epoch, "pad": False}
+        {
+            "scene": r.scene,
+            "start": list(r.start),
+            "seed": int(rng.integers(0, 2**31 - 1)),
+            "epoch": epoch,
+            "pad": False,
+        }
         for r in refs[:keep]
     ]
 

@@ -16,9 +16,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray.train
@@ -34,6 +35,7 @@ from models.train import (
     evaluate_batch,
     export_model,
     load_checkpoint,
+    recalibrate_batchnorm,
     save_checkpoint,
     set_rng_state,
     train_step,
@@ -57,6 +59,7 @@ class LoopConfig:
     init_weights: str | None
     precision: str
     grad_checkpointing: bool
+    precise_bn: int  # training batches kept to re-estimate BatchNorm statistics before validation
     lr: float
     weight_decay: float
     batch_size: int
@@ -94,6 +97,20 @@ def _all_reduce(values: np.ndarray) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(values, np.float64))
     dist.all_reduce(t)
     return t.numpy()
+
+
+def _precise_bn(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    """Recalibrate BatchNorm on the epoch's last batches, then average the statistics over workers."""
+    net = unwrap(model)
+    if not recalibrate_batchnorm(net, batches):
+        return
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                for buf in (m.running_mean, m.running_var):
+                    if buf is not None:
+                        dist.all_reduce(buf)
+                        buf /= dist.get_world_size()
 
 
 def _validate(model: torch.nn.Module, c: LoopConfig, device: torch.device, precision: Precision) -> dict[str, Any]:
@@ -143,11 +160,13 @@ def train_loop(config: dict[str, Any]) -> None:
         for epoch in range(c.start_epoch, c.stop_epoch):
             torch.manual_seed(c.seed * 1000 + epoch * 10 + rank)  # dropout: the same draws after a resume
             model.train()
-            t0, losses = time.perf_counter(), []
+            t0, losses, kept = time.perf_counter(), [], []
             for k in range(per_epoch):
                 batch = next(batches)
+                if k >= per_epoch - c.precise_bn:
+                    kept.append(batch["image"])
                 step = (k + 1) % c.accumulate == 0
-                sync = model.no_sync() if (not step and hasattr(model, "no_sync")) else _null()
+                sync: Any = model.no_sync() if (not step and hasattr(model, "no_sync")) else _null()  # type: ignore[operator]
                 with sync:
                     losses.append(
                         train_step(
@@ -159,6 +178,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     scheduler.step()
                 if rank == 0 and c.progress is not None and (k % 2 == 1 or k == per_epoch - 1):
                     _progress(c.progress, epoch, (k + 1) * c.batch_size * world, per_epoch * c.batch_size * world)
+            _precise_bn(model, kept)
             seconds = time.perf_counter() - t0
             train_loss = float(_all_reduce(np.array([np.sum(losses), len(losses)]))[0]) / max(len(losses) * world, 1)
             metrics = _validate(model, c, device, precision)

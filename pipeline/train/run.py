@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 import torch
@@ -170,11 +171,12 @@ def train(
         scenes=scenes, tile=d.tile, normalization=norm, ignore_index=d.ignore_index,
         augment_preset=cfg.run.augment, augment_custom=list(cfg.run.augment_custom), window=window,
     )  # fmt: skip
+    reader: Any = read_batch  # Ray's stubs expect a one-argument UDF; the rest come as fn_kwargs
     train_ds = ray.data.from_items(rows).map_batches(
-        read_batch, fn_kwargs=read_kwargs, batch_size=o.batch_size, num_cpus=read_cpus
+        reader, fn_kwargs=read_kwargs, batch_size=o.batch_size, num_cpus=read_cpus
     )  # fmt: skip
     val_ds = ray.data.from_items(val_rows(the_plan, world)).map_batches(
-        read_batch, fn_kwargs={**read_kwargs, "augment_preset": "none", "augment_custom": []},
+        reader, fn_kwargs={**read_kwargs, "augment_preset": "none", "augment_custom": []},
         batch_size=o.batch_size, num_cpus=read_cpus,
     )  # fmt: skip
     export = ExportInfo(
@@ -188,7 +190,7 @@ def train(
         out=str(out), backbone=str(m.backbone.value if hasattr(m.backbone, "value") else m.backbone),
         classes=d.classes, class_names=tuple(d.names), channels=scenes[0].channels, init_weights=weights,
         precision=str(m.precision.value if hasattr(m.precision, "value") else m.precision),
-        grad_checkpointing=m.grad_checkpointing, lr=o.lr, weight_decay=o.weight_decay, batch_size=o.batch_size,
+        grad_checkpointing=m.grad_checkpointing, precise_bn=m.precise_bn, lr=o.lr, weight_decay=o.weight_decay, batch_size=o.batch_size,
         accumulate=o.accumulate, epochs=o.epochs, start_epoch=start_epoch, stop_epoch=stop, steps_per_epoch=steps,
         ignore_index=d.ignore_index, seed=cfg.run.seed, threads=threads,
         resume=str(resume) if resume else None, export=export.to_dict(), progress=queue, model_fn=model_fn,

@@ -127,7 +127,9 @@ def test_export_carries_what_inference_needs(tmp_path) -> None:
 
 def test_published_weights_offline_say_where_to_put_the_file(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsError, match=r"deeplabv3_resnet50_coco-cd0a2569.pth is not in torch's cache; put .* in .*hub/checkpoints"):
+    with pytest.raises(
+        WeightsError, match=r"deeplabv3_resnet50_coco-cd0a2569.pth is not in torch's cache; put .* in .*hub/checkpoints"
+    ):
         pretrained_weights("coco", "resnet50", download=False)
     cached = tmp_path / "hub" / "checkpoints" / "resnet101-63fe2227.pth"
     cached.parent.mkdir(parents=True)

@@ -33,7 +33,14 @@ def _fails(args: list[str], match: str, out: Path) -> None:
 @pytest.fixture
 def vegas(shared_data: Path) -> list[str]:
     d = shared_data / VEGAS
-    return ["--image", str(d / "road_mask_input.tif"), "--labels", str(d / "sample_road_raster_mask.tif"), "--tile", "256"]
+    return [
+        "--image",
+        str(d / "road_mask_input.tif"),
+        "--labels",
+        str(d / "sample_road_raster_mask.tif"),
+        "--tile",
+        "256",
+    ]
 
 
 def test_unknown_key_in_the_yaml_file(tmp_path: Path, vegas: list[str]) -> None:
@@ -43,11 +50,17 @@ def test_unknown_key_in_the_yaml_file(tmp_path: Path, vegas: list[str]) -> None:
 
 
 def test_learning_rate_outside_the_card(tmp_path: Path, vegas: list[str]) -> None:
-    _fails([*vegas, "--lr", "0.001"], "lr: 0.001 is outside the fine-tuning card's range 1e-05..0.0001; pass --force", tmp_path / "o")
+    _fails(
+        [*vegas, "--lr", "0.001"],
+        "lr: 0.001 is outside the fine-tuning card's range 1e-05..0.0001; pass --force",
+        tmp_path / "o",
+    )
 
 
 def test_batch_size_outside_the_card(tmp_path: Path, vegas: list[str]) -> None:
-    _fails([*vegas, "--batch-size", "64"], "batch_size: 64 is outside the fine-tuning card's range 2..32", tmp_path / "o")
+    _fails(
+        [*vegas, "--batch-size", "64"], "batch_size: 64 is outside the fine-tuning card's range 2..32", tmp_path / "o"
+    )
 
 
 def test_label_values_outside_the_classes(tmp_path: Path, vegas: list[str]) -> None:

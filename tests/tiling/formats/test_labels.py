@@ -13,10 +13,10 @@ import rasterio
 from affine import Affine
 from rasterio.features import rasterize
 
+from tests.conftest import write_scene
 from tiling.core import Window
 from tiling.errors import ConfigError, SourceOpenError
 from tiling.formats import list_scenes, open_labels, open_source, sniff_labels, spec_of
-from tests.conftest import write_scene
 
 ATLANTA = "segmentation/spacenet_atlanta_buildings"
 VEGAS = "segmentation/spacenet_vegas_roads"
@@ -84,7 +84,9 @@ def test_vector_labels_rasterised_window_by_window(shared_data: Path) -> None:
             part, _ = lab.read(Window((300, 200), (256, 256)))
             np.testing.assert_array_equal(part[0], whole[0, 300:556, 200:456])
             _contract(lab, img)
-        with pytest.raises(ConfigError, match="has no attribute 'class'; its attributes are .*building.* --label-attribute"):
+        with pytest.raises(
+            ConfigError, match="has no attribute 'class'; its attributes are .*building.* --label-attribute"
+        ):
             open_labels(path, img, attribute="class")
         with pytest.raises(ConfigError, match="attribute building has value 'yes', which is no class"):
             open_labels(path, img, attribute="building")
@@ -140,7 +142,7 @@ def test_ome_zarr_labels_group(tmp_path: Path) -> None:
     _ome_image_with_labels(store, labels)
     with open_source(store) as img, open_labels(store, img) as lab:
         assert lab.format == "zarr"
-        data, valid = lab.read(Window((0, 0), img.shape))
+        data, _valid = lab.read(Window((0, 0), img.shape))
         np.testing.assert_array_equal(data[0], labels)
         _contract(lab, img)
     with open_source(store) as img, pytest.raises(SourceOpenError, match="has no label image 'cells'; it has tissue"):

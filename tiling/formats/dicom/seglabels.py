@@ -53,7 +53,9 @@ class DicomSegLabels(SourceBase):
             raise SourceOpenError(f"{self.path}: not a readable DICOM SEG ({str(e).splitlines()[0]})") from e
         kind = str(self._seg.SegmentationType)
         if kind == "FRACTIONAL":
-            raise ConfigError(f"{self.path}: a FRACTIONAL SEG holds probabilities, not labels; pass a BINARY or LABELMAP SEG")
+            raise ConfigError(
+                f"{self.path}: a FRACTIONAL SEG holds probabilities, not labels; pass a BINARY or LABELMAP SEG"
+            )
         referenced = {uid for _, _, uid in self._seg.get_source_image_uids()}
         self._uids = geo.sop_instance_uids
         if not referenced & set(self._uids):

@@ -114,7 +114,7 @@ class GeoTiffLabels(SourceBase):
         except RasterioError as e:
             raise SourceReadError(f"{self.path}: cannot read labels at {inside} ({first_line(e)})") from e
         sl = inside.relative_to(window).to_slices()
-        data[(0, *sl)] = np.where(mask, block, 0)
+        data[0][sl] = np.where(mask, block, 0)
         valid[sl] = mask
         return data, valid
 

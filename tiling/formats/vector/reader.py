@@ -133,7 +133,7 @@ class VectorLabels(SourceBase):
             )  # fmt: skip
         else:
             burnt = np.full(inside.shape, self.options.background, np.uint8)
-        data[(0, *sl)] = burnt
+        data[0][sl] = burnt
         valid[sl] = True
         return data, valid
 

@@ -10,6 +10,7 @@ given a label image or a plain array, that is read.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -33,9 +34,10 @@ def label_image_path(path: Path, name: str | None) -> Path:
         if name is not None:
             raise SourceOpenError(f"{path}: has no labels group, so no label image {name!r}")
         return path
-    labels = group["labels"]
-    attrs = dict(labels.attrs)
-    listed = list((attrs.get("ome") or attrs).get("labels") or sorted(labels.group_keys()))
+    labels: Any = group["labels"]
+    attrs: dict[str, Any] = dict(labels.attrs)
+    meta: Any = attrs.get("ome") or attrs
+    listed = [str(n) for n in (meta.get("labels") or sorted(labels.group_keys()))]
     if not listed:
         raise SourceOpenError(f"{path}: its labels group lists no label image")
     chosen = name if name is not None else listed[0]
