@@ -156,8 +156,8 @@ def quicklook(scene: Path, mask: Path, truth: Path, out: Path, width: int = 1536
 #: The demo's training recipe, measured on a 2-core CPU without native bf16 (see the README).
 DEMO_TILE = 128  # small tiles: a MobileNetV3 step of 8 tiles takes about a second per core
 DEMO_BLOCK = 256  # split blocks of 2x2 tiles; a quarter of them held out
-DEMO_LR = 2e-3  # from random init; the card's 1e-5..1e-4 is for fine-tuning pretrained weights
-DEMO_EPOCHS = 12
+DEMO_LR = 3e-3  # from random init; the card's 1e-5..1e-4 is for fine-tuning pretrained weights
+DEMO_EPOCHS = 20
 DEMO_SAMPLES = 64  # random tiles per epoch
 DEMO_BATCH = 8
 
