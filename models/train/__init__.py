@@ -7,7 +7,15 @@ from models.train.checkpoint import get_rng_state, load_checkpoint, save_checkpo
 from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export
 from models.train.losses import IGNORE_INDEX, segmentation_loss
 from models.train.metrics import ConfusionMatrix
-from models.train.step import OOM_HINT, autocast, evaluate_batch, forward, recalibrate_batchnorm, train_step
+from models.train.step import (
+    OOM_HINT,
+    autocast,
+    evaluate_batch,
+    forward,
+    out_of_memory,
+    recalibrate_batchnorm,
+    train_step,
+)
 
 __all__ = [
     "EXPORT_KEY",
@@ -24,6 +32,7 @@ __all__ = [
     "forward",
     "get_rng_state",
     "load_checkpoint",
+    "out_of_memory",
     "read_export",
     "recalibrate_batchnorm",
     "save_checkpoint",

@@ -16,17 +16,40 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.errors import ModelError
 from models.precision import Precision
 from models.train.losses import IGNORE_INDEX, segmentation_loss
 from models.train.metrics import ConfusionMatrix
 
-__all__ = ["OOM_HINT", "autocast", "evaluate_batch", "forward", "recalibrate_batchnorm", "train_step"]
+__all__ = [
+    "OOM_HINT",
+    "autocast",
+    "evaluate_batch",
+    "forward",
+    "out_of_memory",
+    "recalibrate_batchnorm",
+    "train_step",
+]
 
 #: The last line of an out-of-memory error: the fine-tuning card's remedies.
 OOM_HINT = (
     "out of memory: lower --batch-size (with --accumulate N to keep the effective batch), "
     "use --precision bf16 or fp16 (AMP), --grad-checkpointing, or a smaller --tile"
 )
+
+
+def out_of_memory(error: BaseException) -> ModelError | None:
+    """The one-line error for an out-of-memory ``error`` (CUDA or CPU allocator), or None for any other.
+
+    The line ends with the fine-tuning card's remedies (:data:`OOM_HINT`).
+    """
+    text = str(error)
+    if not (
+        isinstance(error, torch.OutOfMemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+    ):
+        return None
+    first = " ".join(text.strip().splitlines()[0].split()) if text.strip() else type(error).__name__
+    return ModelError(f"{first}; {OOM_HINT}")
 
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -27,14 +27,14 @@ import torch
 import torch.distributed as dist
 from ray.train.torch import get_device, prepare_model
 
-from models import ModelError, Precision, build_model, enable_grad_checkpointing, resolve_precision
+from models import Precision, build_model, enable_grad_checkpointing, resolve_precision
 from models.train import (
-    OOM_HINT,
     ConfusionMatrix,
     ExportInfo,
     evaluate_batch,
     export_model,
     load_checkpoint,
+    out_of_memory,
     recalibrate_batchnorm,
     save_checkpoint,
     set_rng_state,
@@ -76,11 +76,6 @@ class LoopConfig:
     progress: Any = None  # a ray.util.queue.Queue for the driver's progress bar, or None
     model_fn: Callable[[], torch.nn.Module] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _is_oom(e: BaseException) -> bool:
-    text = str(e).lower()
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _build(c: LoopConfig) -> torch.nn.Module:
@@ -192,8 +187,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 _write_epoch(out, model, optimizer, scheduler, scaler, epoch + 1, history, c)
             ray.train.report({k: v for k, v in entry.items() if k != "confusion"})
     except Exception as e:
-        if _is_oom(e):
-            raise ModelError(f"{str(e).splitlines()[0]}; {OOM_HINT}") from None
+        oom = out_of_memory(e)
+        if oom is not None:
+            raise oom from None
         raise
 
 

@@ -17,6 +17,7 @@ from models.train import (
     export_model,
     get_rng_state,
     load_checkpoint,
+    out_of_memory,
     read_export,
     save_checkpoint,
     segmentation_loss,
@@ -135,3 +136,14 @@ def test_published_weights_offline_say_where_to_put_the_file(tmp_path, monkeypat
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
     assert pretrained_weights("imagenet", "resnet101") == cached
+
+
+def test_out_of_memory_ends_with_the_cards_remedies() -> None:
+    try:
+        torch.empty(2**62, dtype=torch.uint8)  # a real allocator failure, no mock
+    except RuntimeError as e:
+        err = out_of_memory(e)
+    assert err is not None and "\n" not in str(err)
+    assert str(err).endswith("use --precision bf16 or fp16 (AMP), --grad-checkpointing, or a smaller --tile")
+    assert "--accumulate" in str(err) and "--batch-size" in str(err)
+    assert out_of_memory(ValueError("bad value")) is None
