@@ -11,10 +11,12 @@ resampling (labels must never be averaged), still window by window.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.windows
 from affine import Affine
 from rasterio.enums import Resampling
@@ -61,7 +63,9 @@ class GeoTiffLabels(SourceBase):
         if not self.path.is_file():
             raise SourceOpenError(f"{self.path}: no such labels file")
         try:
-            self._src = rasterio.open(self.path)
+            with warnings.catch_warnings():  # an unreferenced mask is handled (and logged) in _fit
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._src = rasterio.open(self.path)
         except RasterioError as e:
             raise SourceOpenError(f"{self.path}: not a readable raster ({first_line(e)})") from e
         self._ds: rasterio.DatasetReader | WarpedVRT = self._src
