@@ -77,6 +77,7 @@ def train_step(
     accumulate: int = 1,
     step: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    class_weight: torch.Tensor | None = None,
 ) -> float:
     """Forward and backward one micro-batch; update the weights when ``step``.
 
@@ -90,13 +91,14 @@ def train_step(
         accumulate: micro-batches per update; the loss is divided by it.
         step: apply the update after this micro-batch.
         ignore_index: the label that does not count.
+        class_weight: (K,) loss weights per class, or None.
 
     Returns:
         The micro-batch's loss (not divided by ``accumulate``).
     """
     with autocast(precision, images.device):
         logits = forward(model, images)
-    loss = segmentation_loss(logits, targets, ignore_index)
+    loss = segmentation_loss(logits, targets, ignore_index, class_weight)
     scaled = loss / accumulate
     if scaler is not None:
         scaler.scale(scaled).backward()  # type: ignore[no-untyped-call]

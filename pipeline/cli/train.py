@@ -111,6 +111,7 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--epochs", "optim", "epochs", "Epochs (card: 1..20).", int),
     Flag("--accumulate", "optim", "accumulate", "Micro-batches per optimizer step.", int),
     Flag("--weight-decay", "optim", "weight_decay", "AdamW weight decay.", float),
+    Flag("--class-weights", "optim", "class_weights", "Loss weight per class: auto (1/sqrt frequency) or 1,5."),
     Flag("--force", "optim", "force", "Accept values outside the fine-tuning card's ranges.", is_flag=True),
     Flag("--out", "run", "out", "Folder for checkpoints, config.yaml, metrics and model.pt."),
     Flag("--num-workers", "run", "num_workers", "DDP workers.", int),

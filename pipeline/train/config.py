@@ -172,6 +172,7 @@ class OptimConfig:
     epochs: int = 1  # card: 1, range 1..20
     accumulate: int = 1  # micro-batches per update: the effective batch is batch_size * accumulate * workers
     weight_decay: float = 1e-4
+    class_weights: str | None = None  # "auto" (inverse square-root frequency) or "1,5": rare classes count more
     force: bool = False  # accept values outside the card's ranges
 
     def validate(self) -> OptimConfig:
@@ -183,6 +184,15 @@ class OptimConfig:
         _positive_int("batch_size", self.batch_size)
         _positive_int("epochs", self.epochs)
         _positive_int("accumulate", self.accumulate)
+        if self.class_weights not in (None, "auto"):
+            try:
+                ws = [float(w) for w in str(self.class_weights).split(",")]
+            except ValueError:
+                ws = [-1.0]
+            if not ws or min(ws) < 0:
+                raise ConfigError(
+                    f"class_weights: expected auto or non-negative numbers like 1,5, got {self.class_weights!r}"
+                )
         if not self.lr > 0:
             raise ConfigError(f"lr: must be positive, got {self.lr!r}")
         if not self.force:

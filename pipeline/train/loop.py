@@ -69,6 +69,7 @@ class LoopConfig:
     stop_epoch: int  # the run ends after this epoch (< epochs when stopped early to resume later)
     steps_per_epoch: int
     ignore_index: int
+    class_weights: tuple[float, ...] | None
     seed: int
     threads: int
     resume: str | None
@@ -151,6 +152,7 @@ def train_loop(config: dict[str, Any]) -> None:
         batch_size=c.batch_size, drop_last=True, device=device
     ))  # fmt: skip
     per_epoch = c.steps_per_epoch * c.accumulate
+    weight = None if c.class_weights is None else torch.tensor(c.class_weights, dtype=torch.float32, device=device)
     try:
         for epoch in range(c.start_epoch, c.stop_epoch):
             torch.manual_seed(c.seed * 1000 + epoch * 10 + rank)  # dropout: the same draws after a resume
@@ -166,7 +168,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     losses.append(
                         train_step(
                             model, batch["image"], batch["label"], optimizer, precision=precision, scaler=scaler,
-                            accumulate=c.accumulate, step=step, ignore_index=c.ignore_index,
+                            accumulate=c.accumulate, step=step, ignore_index=c.ignore_index, class_weight=weight,
                         )
                     )  # fmt: skip
                 if step:

@@ -192,7 +192,8 @@ def train(
         precision=str(m.precision.value if hasattr(m.precision, "value") else m.precision),
         grad_checkpointing=m.grad_checkpointing, precise_bn=m.precise_bn, lr=o.lr, weight_decay=o.weight_decay, batch_size=o.batch_size,
         accumulate=o.accumulate, epochs=o.epochs, start_epoch=start_epoch, stop_epoch=stop, steps_per_epoch=steps,
-        ignore_index=d.ignore_index, seed=cfg.run.seed, threads=threads,
+        ignore_index=d.ignore_index, class_weights=_class_weights(o.class_weights, the_plan.class_pixels, d.classes),
+        seed=cfg.run.seed, threads=threads,
         resume=str(resume) if resume else None, export=export.to_dict(), progress=queue, model_fn=model_fn,
         history=history,
     )  # fmt: skip
@@ -215,6 +216,28 @@ def train(
         time.perf_counter() - t0, len(the_plan.train), len(the_plan.val),
         [(t.scene, tile_window(t, d.tile, scenes[t.scene].volume)) for t in the_plan.val],
     )  # fmt: skip
+
+
+def _class_weights(spec: str | None, pixels: Any, classes: int) -> tuple[float, ...] | None:
+    """Loss weights per class: None, given numbers, or ``auto``: 1/sqrt(frequency), mean 1 over present classes.
+
+    Raises:
+        ConfigError: if the numbers are not one per class.
+    """
+    if spec is None:
+        return None
+    if spec == "auto":
+        import numpy as np
+
+        freq = np.asarray(pixels, float) / max(float(np.sum(pixels)), 1.0)
+        w = np.where(freq > 0, 1 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+        w = w / w[freq > 0].mean()
+        log.info("class weights (auto): %s", np.round(w, 3))
+        return tuple(float(x) for x in w)
+    ws = tuple(float(x) for x in spec.split(","))
+    if len(ws) != classes:
+        raise ConfigError(f"class_weights: {len(ws)} weights for {classes} classes")
+    return ws
 
 
 def _queue() -> Any:

@@ -36,6 +36,15 @@ def test_ignored_pixels_never_count_in_the_loss() -> None:
     assert float(segmentation_loss(logits, target)) == pytest.approx(float(kept), rel=1e-6)
 
 
+def test_class_weights_make_a_weighted_mean() -> None:
+    logits = torch.randn(1, 2, 4, 4)
+    target = torch.randint(0, 2, (1, 4, 4))
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    w = torch.tensor([1.0, 3.0])
+    expect = (per_pixel * w[target]).sum() / w[target].sum()
+    assert float(segmentation_loss(logits, target, weight=w)) == pytest.approx(float(expect), rel=1e-6)
+
+
 def test_a_batch_without_labelled_pixels_gives_zero_not_nan() -> None:
     logits = torch.randn(1, 2, 4, 4, requires_grad=True)
     loss = segmentation_loss(logits, torch.full((1, 4, 4), 255))
