@@ -29,6 +29,7 @@ SEG = SHARED / "segmentation"
 COMMON = [
     "--backbone", "mobilenet_v3_large", "--init", "none", "--lr", "2e-3", "--force", "--batch-size", "4",
     "--tile", "128", "--block", "256", "--epochs", "8", "--num-workers", "2", "--samples", "64", "--balanced",
+    "--class-weights", "auto",
     "--class-names", "background,{}",
 ]  # fmt: skip
 RUNS = {
