@@ -6,6 +6,8 @@ a non-zero exit, no traceback, and nothing at the output path.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -164,7 +166,7 @@ def test_demo_trains_scores_and_writes_a_georeferenced_mask(ray_session, tmp_pat
     with rasterio.open(work / "scene.tif") as s, rasterio.open(work / "mask.tif") as m:
         assert (m.crs, m.transform, m.shape) == (s.crs, s.transform, s.shape)
         assert ((m.read(1) == 255) == (s.dataset_mask() == 0)).all()
-        assert m.tags()["CLASS_NAMES"] == "water,fields,forest,roads"
+        assert json.loads(m.tags()["CLASS_NAMES"]) == ["water", "fields", "forest", "roads"]
     assert (work / "quicklook.png").stat().st_size > 10_000
 
 

@@ -47,7 +47,7 @@ def test_infer_with_only_weights_and_evaluate(ray_session, exported: Path, tmp_p
     r = runner.invoke(cli, ["infer", str(scene), "--out", str(tmp_path / "m.tif"), "--weights", str(exported), "--tile", "64", "--no-progress"])  # fmt: skip
     assert r.exit_code == 0, r.output
     with rasterio.open(tmp_path / "m.tif") as ds:
-        assert ds.tags()["CLASS_NAMES"] == "soil,water,crops"
+        assert json.loads(ds.tags()["CLASS_NAMES"]) == ["soil", "water", "crops"]
         assert ds.read(1).max() <= 2
     r = runner.invoke(
         cli,
