@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from models.deeplab import Backbone, adapt_first_conv, build_model, first_conv, load_state_dict
+from models.deeplab import (
+    Backbone,
+    Init,
+    adapt_first_conv,
+    build_model,
+    enable_grad_checkpointing,
+    first_conv,
+    load_state_dict,
+    pretrained_weights,
+)
 from models.errors import BandCountError, ModelError, WeightsError
 from models.precision import Precision, cpu_has_native_bf16, resolve_precision
 from models.predictor import Normalization, Predictor, check_bands, resolve_device
@@ -10,6 +19,7 @@ from models.predictor import Normalization, Predictor, check_bands, resolve_devi
 __all__ = [
     "Backbone",
     "BandCountError",
+    "Init",
     "ModelError",
     "Normalization",
     "Precision",
@@ -17,10 +27,12 @@ __all__ = [
     "WeightsError",
     "adapt_first_conv",
     "build_model",
+    "enable_grad_checkpointing",
     "check_bands",
     "cpu_has_native_bf16",
     "first_conv",
     "load_state_dict",
+    "pretrained_weights",
     "resolve_device",
     "resolve_precision",
 ]

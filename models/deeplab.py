@@ -1,25 +1,47 @@
-"""DeepLabV3 (ResNet-101 or ResNet-50) from torchvision, adapted to K classes and C bands.
+"""DeepLabV3 (ResNet-101, ResNet-50 or MobileNetV3-Large) from torchvision, adapted to K classes and C bands.
 
 Weights come only from local files (``weights_only=True``): a torchvision
-DeepLabV3 checkpoint, a plain torchvision ResNet checkpoint for the backbone,
-or a checkpoint tilewise wrote. Without weights the model is randomly
-initialised; nothing is downloaded.
+DeepLabV3 checkpoint, a plain torchvision backbone checkpoint, or a
+checkpoint tilewise wrote. Without weights the model is randomly
+initialised. Training's ``--init coco|imagenet`` finds torchvision's
+published weights in torch's cache (:func:`pretrained_weights`) and
+downloads them only when asked to.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+from torch.utils.checkpoint import checkpoint
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights
+from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
+    DeepLabV3_ResNet50_Weights,
+    DeepLabV3_ResNet101_Weights,
+    deeplabv3_mobilenet_v3_large,
+    deeplabv3_resnet50,
+    deeplabv3_resnet101,
+)
 
 from models.errors import BandCountError, ModelError, WeightsError
 
-__all__ = ["Backbone", "adapt_first_conv", "build_model", "first_conv", "load_state_dict"]
+__all__ = [
+    "Backbone",
+    "Init",
+    "adapt_first_conv",
+    "build_model",
+    "enable_grad_checkpointing",
+    "first_conv",
+    "load_state_dict",
+    "pretrained_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +54,106 @@ class Backbone(str, Enum):
 
     RESNET101 = "resnet101"
     RESNET50 = "resnet50"
+    # about 11M parameters and ~15x cheaper than ResNet-50 per step: what a 2-core demo can train
+    MOBILENET_V3_LARGE = "mobilenet_v3_large"
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value
 
 
-_BUILDERS = {Backbone.RESNET101: deeplabv3_resnet101, Backbone.RESNET50: deeplabv3_resnet50}
+class Init(str, Enum):
+    """Where training starts: torchvision's published weights, or random initialisation."""
+
+    COCO = "coco"  # DeepLabV3 trained on a COCO subset with the 20 VOC classes
+    IMAGENET = "imagenet"  # the backbone's ImageNet classification weights; a fresh head
+    NONE = "none"
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+_BUILDERS: dict[Backbone, Callable[..., nn.Module]] = {
+    Backbone.RESNET101: deeplabv3_resnet101,
+    Backbone.RESNET50: deeplabv3_resnet50,
+    Backbone.MOBILENET_V3_LARGE: deeplabv3_mobilenet_v3_large,
+}
+
+#: torchvision's published weights per starting point and backbone.
+_PUBLISHED: dict[tuple[Init, Backbone], Any] = {
+    (Init.COCO, Backbone.RESNET101): DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+    (Init.COCO, Backbone.RESNET50): DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+    (Init.COCO, Backbone.MOBILENET_V3_LARGE): DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+    (Init.IMAGENET, Backbone.RESNET101): ResNet101_Weights.IMAGENET1K_V1,
+    (Init.IMAGENET, Backbone.RESNET50): ResNet50_Weights.IMAGENET1K_V1,
+    (Init.IMAGENET, Backbone.MOBILENET_V3_LARGE): MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+}
+
+#: State-dict key of the first convolution (where bands enter) per backbone.
+_FIRST_CONV = {
+    Backbone.RESNET101: "backbone.conv1.weight",
+    Backbone.RESNET50: "backbone.conv1.weight",
+    Backbone.MOBILENET_V3_LARGE: "backbone.0.0.weight",
+}
+
+
+def _backbone(backbone: Backbone | str) -> Backbone:
+    try:
+        return Backbone(str(backbone).lower())
+    except ValueError:
+        choices = ", ".join(b.value for b in Backbone)
+        raise ModelError(f"backbone: {backbone!r} is not one of {choices}") from None
+
+
+def pretrained_weights(init: Init | str, backbone: Backbone | str, download: bool = False) -> Path:
+    """The local file of torchvision's published weights for ``init`` and ``backbone``.
+
+    Looks in torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where
+    torchvision itself keeps them); downloads there only when ``download``.
+
+    Raises:
+        WeightsError: when the file is not cached and may not or cannot be
+            downloaded; the message names the file, the folder and the URL.
+    """
+    init, backbone = Init(str(init).lower()), _backbone(backbone)
+    if init is Init.NONE:
+        raise ModelError("init none has no weights file")
+    url = _PUBLISHED[(init, backbone)].url
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / url.rsplit("/", 1)[-1]
+    if path.is_file():
+        return path
+    where = f"put {path.name} (from {url}) in {folder}"
+    if not download:
+        raise WeightsError(f"--init {init}: {path.name} is not in torch's cache; {where}, or allow downloads")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), progress=True)
+    except (OSError, ValueError) as e:  # URLError is an OSError
+        raise WeightsError(f"--init {init}: cannot download {url} ({e}); offline, {where}") from e
+    return path
+
+
+def enable_grad_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute the backbone stages' activations in the backward pass instead of storing them.
+
+    Trades about a third more compute for much less activation memory (the
+    fine-tuning card's remedy for running out of memory). The stages'
+    ``forward`` is wrapped in place, so state-dict keys do not change.
+    """
+    body = getattr(model, "backbone", model)
+    stages = [getattr(body, n) for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(body, n)]
+    if not stages:  # MobileNetV3: numbered blocks
+        stages = [m for n, m in body.named_children() if n.isdigit()]
+    for stage in stages:
+        inner = stage.forward
+
+        def run(*args: Any, _inner: Callable[..., Any] = inner, _stage: nn.Module = stage) -> Any:
+            if _stage.training and torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False)
+            return _inner(*args)
+
+        stage.forward = run
+    return model
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
@@ -104,7 +220,7 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def _fit_checkpoint(
-    sd: dict[str, torch.Tensor], classes: int, in_channels: int, path: Path
+    sd: dict[str, torch.Tensor], classes: int, in_channels: int, path: Path, backbone: Backbone = Backbone.RESNET101
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """Rename, drop and adapt checkpoint entries.
 
@@ -114,6 +230,10 @@ def _fit_checkpoint(
     reinit: tuple[str, ...] = ()
     if "conv1.weight" in sd and "backbone.conv1.weight" not in sd:  # a plain ResNet checkpoint
         sd = {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
+        reinit = ("classifier.",)
+        log.info("%s: backbone weights only; the segmentation head starts fresh", path)
+    elif "features.0.0.weight" in sd and "backbone.0.0.weight" not in sd:  # a plain MobileNetV3 checkpoint
+        sd = {f"backbone.{k[len('features.') :]}": v for k, v in sd.items() if k.startswith("features.")}
         reinit = ("classifier.",)
         log.info("%s: backbone weights only; the segmentation head starts fresh", path)
     sd = {k: v for k, v in sd.items() if not k.startswith("aux_classifier.")}
@@ -128,16 +248,17 @@ def _fit_checkpoint(
         log.info("%s: head has %d classes, model %d; the last layer starts fresh", path, head.shape[0], classes)
         sd = {k: v for k, v in sd.items() if not k.startswith("classifier.4.")}
         reinit += ("classifier.4.",)
-    conv = sd.get("backbone.conv1.weight")
+    key = _FIRST_CONV[backbone]
+    conv = sd.get(key)
     if conv is None:
-        raise WeightsError(f"{path}: has no backbone.conv1.weight; not a DeepLabV3/ResNet checkpoint")
+        raise WeightsError(f"{path}: has no {key}; not a DeepLabV3 {backbone} checkpoint")
     if conv.shape[1] != in_channels:
         if conv.shape[1] != 3:
             raise BandCountError(
                 f"{path}: the model was trained on {conv.shape[1]} input bands, the image has "
                 f"{in_channels}; choose {conv.shape[1]} bands with --bands"
             )
-        sd["backbone.conv1.weight"] = adapt_first_conv(conv, in_channels)
+        sd[key] = adapt_first_conv(conv, in_channels)
     return sd, reinit
 
 
@@ -161,6 +282,16 @@ def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, nam
         )
 
 
+def _replace_first_conv(model: nn.Module, backbone: Backbone, in_channels: int) -> None:
+    """Give the model a first convolution that takes ``in_channels`` bands."""
+    body: Any = model.backbone
+    if backbone is Backbone.MOBILENET_V3_LARGE:
+        old = body["0"][0]
+        body["0"][0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    else:
+        body.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+
 def build_model(
     backbone: Backbone | str = Backbone.RESNET101,
     classes: int = 2,
@@ -170,7 +301,7 @@ def build_model(
     """DeepLabV3 with ``classes`` outputs and ``in_channels`` input bands, in eval mode.
 
     Args:
-        backbone: ``resnet101`` (default) or ``resnet50``.
+        backbone: ``resnet101`` (default), ``resnet50`` or ``mobilenet_v3_large``.
         classes: number of output classes K.
         in_channels: number of input bands C.
         weights: a local checkpoint; random initialisation when None.
@@ -182,17 +313,13 @@ def build_model(
     """
     if classes < 1 or in_channels < 1:
         raise ModelError(f"classes and bands must be positive, got {classes} and {in_channels}")
-    try:
-        backbone = Backbone(str(backbone).lower())
-    except ValueError:
-        choices = ", ".join(b.value for b in Backbone)
-        raise ModelError(f"backbone: {backbone!r} is not one of {choices}") from None
+    backbone = _backbone(backbone)
     model = _BUILDERS[backbone](weights=None, weights_backbone=None, num_classes=classes, aux_loss=False)
     if in_channels != 3:
-        model.backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        _replace_first_conv(model, backbone, in_channels)
     if weights is not None:
         path = Path(weights)
-        sd, reinit = _fit_checkpoint(load_state_dict(path), classes, in_channels, path)
+        sd, reinit = _fit_checkpoint(load_state_dict(path), classes, in_channels, path, backbone)
         _check_shapes(model, sd, path, f"deeplabv3_{backbone}")
         result = model.load_state_dict(sd, strict=False)
         missing = {k for k in result.missing_keys if not k.startswith(reinit)}

@@ -9,8 +9,11 @@ from __future__ import annotations
 import click
 
 from pipeline.cli.common import setup_logging
+from pipeline.cli.compare import compare
 from pipeline.cli.demo import demo
+from pipeline.cli.evaluate import evaluate
 from pipeline.cli.infer import infer
+from pipeline.cli.train import train
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +29,9 @@ def cli(verbose: int, quiet: int) -> None:
 
 cli.add_command(infer)
 cli.add_command(demo)
+cli.add_command(train)
+cli.add_command(evaluate)
+cli.add_command(compare)
 
 
 def main() -> None:

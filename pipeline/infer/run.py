@@ -19,6 +19,7 @@ import torch
 from models import ModelError, Normalization, build_model, check_bands
 from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
+from pipeline.infer.exported import apply_export
 from pipeline.infer.plan import ScenePlan, check_outputs, plan_scene, remove_stale_temp_files
 from pipeline.ray_env import unwrap_user_error
 from tiling.errors import ConfigError, TilingError
@@ -118,6 +119,9 @@ def infer_scene(
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
     cfg = (config or PipelineConfig()).validate()
+    # weights exported by `tilewise train` carry classes, bands and the training normalisation
+    cfg, trained_norm = apply_export(cfg)
+    normalization = normalization or trained_norm
     plan = plan_scene(0, src, out, cfg, normalization, model)
     check_outputs([plan], cfg.overwrite)
     _check_model(cfg, [plan], model)
@@ -166,12 +170,14 @@ def infer_many(
         ConfigError: if two scenes would write the same mask, or a mask is an input.
         Errors that are not user errors (bugs) propagate.
     """
-    cfg = (config or PipelineConfig()).validate()
+    cfg, trained_norm = apply_export((config or PipelineConfig()).validate())
     outcome: dict[Path, InferenceResult | Exception] = {}
     plans: list[ScenePlan] = []
     for src in sources:
         try:
-            plans.append(plan_scene(len(plans), src, mask_path_for(src, out_dir, cfg.output_format), cfg, model=model))
+            plans.append(
+                plan_scene(len(plans), src, mask_path_for(src, out_dir, cfg.output_format), cfg, trained_norm, model)
+            )
         except USER_ERRORS as e:
             log.error("%s", e)
             outcome[Path(src)] = e

@@ -29,13 +29,17 @@ __all__ = [
     "SourceSpec",
     "all_formats",
     "get_format",
+    "label_options",
+    "list_scenes",
     "natural_output",
+    "open_labels",
     "open_sink",
     "open_source",
     "output_format",
     "register",
     "sink_options",
     "sniff",
+    "sniff_labels",
     "source_options",
     "spec_of",
     "unregister",
@@ -46,6 +50,8 @@ BUILTIN: dict[str, str] = {
     "geotiff": "tiling.formats.geotiff:FORMAT",
     "dicom": "tiling.formats.dicom:FORMAT",
     "zarr": "tiling.formats.zarr:FORMAT",
+    "vector": "tiling.formats.vector:FORMAT",
+    "pairs": "tiling.formats.pairs:FORMAT",
 }
 
 #: The size limits :func:`open_source` checks unless told otherwise.
@@ -221,6 +227,73 @@ def open_source(
     return source
 
 
+def sniff_labels(path: str | Path) -> Format:
+    """The format that reads ``path`` as labels.
+
+    Raises:
+        SourceOpenError: if the path is missing or no format reads labels from it.
+    """
+    path = Path(path)
+    if not path.exists() and "://" not in str(path):
+        raise SourceOpenError(f"{path}: no such labels file or folder")
+    for fmt in all_formats():
+        if fmt.open_labels is not None and fmt.sniff(path):
+            return fmt
+    readers = ", ".join(f.title for f in all_formats() if f.open_labels is not None)
+    raise SourceOpenError(f"{path}: not a labels format tilewise reads ({readers})")
+
+
+def label_options(fmt: Format | str, given: Mapping[str, Any] | None = None) -> Any:
+    """Build ``fmt``'s label reader options from ``given``, dropping None values and
+    options the format does not take (label options are shared by every format
+    in a config, so a vector attribute name is simply unused by a raster).
+
+    Raises:
+        ConfigError: if a value is bad.
+    """
+    fmt = get_format(fmt)
+    accepted = set(fmt.label_option_names())
+    values = {k: v for k, v in (given or {}).items() if v is not None and k in accepted}
+    try:
+        return fmt.label_options(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{fmt.name} label options: {e}") from e
+
+
+def open_labels(path: str | Path, image: Source, format: str | Format | None = None, **options: Any) -> Source:
+    """Open ``path`` as the labels of ``image``: a one-band source on ``image``'s pixel grid.
+
+    Args:
+        path: a label raster, vector file, DICOM SEG or Zarr label image.
+        image: the opened image source the labels belong to.
+        format: the registry name of the labels' format; sniffed when None.
+        options: label reader options (``resample``, ``attribute``, ``value_map``...);
+            those a format does not take are ignored.
+
+    Raises:
+        SourceOpenError: if the labels cannot be read.
+        ConfigError: if they do not fit the image (another grid, a missing attribute...).
+    """
+    path = Path(path)
+    fmt = get_format(format) if format is not None else sniff_labels(path)
+    if fmt.open_labels is None:
+        raise ConfigError(f"{path}: {fmt.title} holds no labels")
+    opts = options.pop("options", None) or label_options(fmt, options)
+    try:
+        return fmt.open_labels(path, opts, image)
+    except ModuleNotFoundError as e:
+        raise _missing_extra(fmt, str(path), e) from e
+
+
+def list_scenes(path: str | Path) -> list[tuple[Path, Path]] | None:
+    """The ``(image, labels)`` pairs of a dataset layout at ``path``, or None if it is not one."""
+    path = Path(path)
+    for fmt in all_formats():
+        if fmt.scenes is not None and fmt.sniff(path):
+            return fmt.scenes(path)
+    return None
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """What a worker needs to reopen a source: small and picklable.
@@ -238,6 +311,10 @@ class SourceSpec:
     def open(self) -> Source:
         """Open the source this spec describes (its size was checked when the spec was made)."""
         return open_source(self.path, self.format, limits=None, options=self.options)
+
+    def open_labels(self, image: Source) -> Source:
+        """Open the labels this spec describes, on ``image``'s grid."""
+        return open_labels(self.path, image, self.format, options=self.options)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Carry the locator so a format registered at run time is found in the worker.

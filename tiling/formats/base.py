@@ -53,6 +53,7 @@ __all__ = [
     "SourceBase",
     "SourceLimits",
     "check_complex",
+    "check_label_shape",
     "check_writable",
     "empty_read",
     "real_float32",
@@ -284,6 +285,21 @@ class SourceBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_label_shape(path: Path, shape: tuple[int, ...], count: int, image: Source) -> None:
+    """Refuse labels that do not cover ``image`` pixel for pixel with one band.
+
+    Raises:
+        ConfigError: naming both shapes, or the band count.
+    """
+    if count != 1:
+        raise ConfigError(f"{path}: labels must have one band, this has {count}")
+    if tuple(shape) != tuple(image.shape):
+        raise ConfigError(
+            f"{path}: labels have shape {tuple(shape)}, the image {image.path} has {tuple(image.shape)}; "
+            "they must cover the same pixels"
+        )
 
 
 def check_writable(path: Path, folder: bool = False) -> None:
@@ -527,6 +543,13 @@ class Format:
         priority: lower sniffs first; a catch-all format (GDAL) goes last.
         owns: whether an existing path is a mask this format's sink wrote
             (it carries tilewise's mark); ``--overwrite`` replaces nothing else.
+        open_labels: opens ``(path, label_options, image)`` as the labels of
+            the source ``image``: a :class:`Source` with ``count == 1`` and
+            ``image``'s shape, whose values are raw labels (integers); None
+            when the format holds no labels.
+        label_options: the frozen dataclass of label reader options.
+        scenes: for a dataset layout (a folder of image/mask pairs), lists its
+            ``(image, labels)`` paths; each is then opened through the registry.
     """
 
     name: str
@@ -541,6 +564,9 @@ class Format:
     priority: int = 50
     sink_options: type = NoOptions
     owns: Callable[[Path], bool] | None = None
+    open_labels: Callable[[Path, Any, Source], Source] | None = None
+    label_options: type = NoOptions
+    scenes: Callable[[Path], list[tuple[Path, Path]]] | None = None
 
     @property
     def writes(self) -> str:
@@ -556,3 +582,7 @@ class Format:
         if self.sink is None:
             return ()
         return tuple(self.sink_options.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    def label_option_names(self) -> Sequence[str]:
+        """The label reader options this format accepts."""
+        return tuple(self.label_options.__dataclass_fields__)  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ a non-zero exit, no traceback, and nothing at the output path.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -159,14 +161,18 @@ def test_batch_keeps_going_past_a_bad_scene(ray_session, tmp_path, scene_factory
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(written)
 
 
-def test_demo_writes_a_georeferenced_mask(ray_session, tmp_path) -> None:
+def test_demo_trains_scores_and_writes_a_georeferenced_mask(ray_session, tmp_path) -> None:
+    # one epoch on 2 DDP workers: the whole mission, not its accuracy (README has the real run)
     work = tmp_path / "demo"
-    result = run("demo", "--workdir", work, "--size", 192, "--tile", 128, "--backbone", "resnet50", "--no-progress")
+    result = run("demo", "--workdir", work, "--size", 384, "--epochs", 1, "--no-progress")
     assert result.exit_code == 0, result.output
-    assert f"mask: {work / 'mask.tif'}" in result.output
+    assert "validation mIoU: " in result.output and "trained 1 epochs on 2 DDP workers" in result.output
+    assert f"mask: {work / 'mask.tif'}" in result.output and f"quicklook: {work / 'quicklook.png'}" in result.output
     with rasterio.open(work / "scene.tif") as s, rasterio.open(work / "mask.tif") as m:
         assert (m.crs, m.transform, m.shape) == (s.crs, s.transform, s.shape)
         assert ((m.read(1) == 255) == (s.dataset_mask() == 0)).all()
+        assert json.loads(m.tags()["CLASS_NAMES"]) == ["water", "fields", "forest", "roads"]
+    assert (work / "quicklook.png").stat().st_size > 10_000
 
 
 def test_corrupt_block_fails_inside_ray_and_leaves_nothing(ray_session, tmp_path) -> None:

@@ -91,5 +91,5 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(monkeypatch, tmp_pat
 
 
 def test_unknown_format_name() -> None:
-    with pytest.raises(ConfigError, match="'nope' is not one of dicom, geotiff, zarr"):
+    with pytest.raises(ConfigError, match="'nope' is not one of dicom, geotiff, pairs, vector, zarr"):
         formats.get_format("nope")

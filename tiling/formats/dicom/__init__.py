@@ -101,6 +101,12 @@ def _owns(path: Path) -> bool:
     return str(ds.get("Manufacturer", "")) == "tilewise"
 
 
+def _open_labels(path: Path, options: object, image: Source) -> Source:
+    from tiling.formats.dicom.seglabels import DicomSegLabels
+
+    return DicomSegLabels(path, image)
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.dicom.seg import DicomSegSink
 
@@ -120,4 +126,5 @@ FORMAT = Format(
     priority=20,
     sink_options=DicomSegOptions,
     owns=_owns,
+    open_labels=_open_labels,
 )

@@ -19,7 +19,7 @@ from tiling.options import lookup_option
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
 
-__all__ = ["FORMAT", "GeoTiffOptions"]
+__all__ = ["FORMAT", "GeoTiffLabelOptions", "GeoTiffOptions"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,18 @@ class GeoTiffOptions:
         object.__setattr__(self, "allow_drivers", tuple(str(d).strip() for d in drivers if str(d).strip()))
         if self.complex is not None:
             object.__setattr__(self, "complex", lookup_option(self.complex, ComplexPart, "complex"))
+
+
+@dataclass(frozen=True)
+class GeoTiffLabelOptions:
+    """Options of a label raster.
+
+    Attributes:
+        resample: accept labels on another grid and resample them onto the
+            image's (nearest neighbour); refused otherwise.
+    """
+
+    resample: bool = False
 
 
 def _sniff(path: Path) -> bool:
@@ -78,6 +90,12 @@ def _owns(path: Path) -> bool:
     return "TILEWISE" in tags or ("CLASS_NAMES" in tags and "NODATA_MEANING" in tags)
 
 
+def _open_labels(path: Path, options: GeoTiffLabelOptions, image: Source) -> Source:
+    from tiling.formats.geotiff.labels import GeoTiffLabels
+
+    return GeoTiffLabels(path, image, resample=options.resample)
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.geotiff.writer import CogSink
 
@@ -95,4 +113,6 @@ FORMAT = Format(
     suffixes=(".tif", ".tiff"),
     priority=100,
     owns=_owns,
+    open_labels=_open_labels,
+    label_options=GeoTiffLabelOptions,
 )

@@ -16,7 +16,7 @@ from tiling.options import lookup_option
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
 
-__all__ = ["FORMAT", "ZarrOptions"]
+__all__ = ["FORMAT", "ZarrLabelOptions", "ZarrOptions"]
 
 _MARKERS = (".zgroup", ".zarray", "zarr.json")
 
@@ -46,6 +46,21 @@ class ZarrOptions:
             object.__setattr__(self, "complex", lookup_option(self.complex, ComplexPart, "complex"))
 
 
+@dataclass(frozen=True)
+class ZarrLabelOptions:
+    """Options of Zarr labels.
+
+    Attributes:
+        name: the label image in an OME-Zarr ``labels`` group; the first listed when None.
+        level: the multiscale level; the image's level when None.
+        array: for a plain group, the label array's path inside it.
+    """
+
+    name: str | None = None
+    level: int | None = None
+    array: str | None = None
+
+
 def _sniff(path: Path) -> bool:
     return path.suffix == ".zarr" or any((path / m).exists() for m in _MARKERS)
 
@@ -72,6 +87,12 @@ def _owns(path: Path) -> bool:
     return False
 
 
+def _open_labels(path: Path, options: ZarrLabelOptions, image: Source) -> Source:
+    from tiling.formats.zarr.labels import ZarrLabels
+
+    return ZarrLabels(path, image, options)
+
+
 def _sink() -> type[Sink]:
     from tiling.formats.zarr.writer import OmeZarrSink
 
@@ -90,4 +111,6 @@ FORMAT = Format(
     extra="medical",
     priority=10,
     owns=_owns,
+    open_labels=_open_labels,
+    label_options=ZarrLabelOptions,
 )
