@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: scene generation and memory sampling."""
+"""Shared helpers for the benchmarks: scene generation, memory sampling, the machine's name."""
 
 from __future__ import annotations
 
@@ -78,3 +78,19 @@ class TreeMemorySampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+
+
+def cpu_name() -> str:
+    """The CPU's model name and core count, for the record of where a figure was measured."""
+    import os
+    import platform
+
+    name = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"

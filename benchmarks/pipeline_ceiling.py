@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--child", choices=sorted(WAYS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from _common import make_large_scene
+    from _common import cpu_name, make_large_scene
 
     scene = make_large_scene(args.workdir / f"rgb_{args.size}.tif", args.size, bands=3)
     if args.child:
@@ -174,6 +174,7 @@ def main() -> None:
     mp = args.size * args.size / 1e6
     print(f"scene {args.size}^2 RGB uint8 ({mp:.0f} MP), 1x1-conv model in fp32, tile {TILE}, overlap {OVERLAP}, "
           f"gaussian, 2 CPUs; CPU native bf16: {cpu_has_native_bf16()}")  # fmt: skip
+    print(f"machine: {cpu_name()}; load average before the run: {os.getloadavg()[0]:.1f}")
     rows = {}
     for way in WAYS:
         cmd = [sys.executable, __file__, "--child", way, "--size", str(args.size), "--workdir", str(args.workdir)]

@@ -7,13 +7,19 @@ Runs DeepLabV3 (ResNet-101 by default) over the same tiles twice:
   the model, stitching and the COG write, on the embedded Ray.
 The last line is `pipeline/bare throughput: X` (1.0 = the pipeline costs nothing).
 
-    python benchmarks/pipeline_efficiency.py [--size 2048] [--tile 512] [--batch 4] [--backbone resnet101]
+    python benchmarks/pipeline_efficiency.py [--size 4096] [--tile 512] [--batch 4] [--backbone resnet101]
+        [--precision auto]
+
+The precision defaults to tilewise's default, ``auto`` (bf16 only where the
+hardware computes it natively); the output names the precision that ran and
+the CPU it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +28,15 @@ import numpy as np
 import ray
 import torch
 
-from models import Normalization, Predictor, build_model
+from models import Normalization, Predictor, build_model, resolve_precision
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
 from pipeline.demo import make_scene
 from pipeline.infer import infer_scene
 from tiling import TileGrid, open_source
 from tiling.core.stats import sample_band_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name
 
 
 def bare(scene: Path, cfg: PipelineConfig, threads: int) -> tuple[int, float]:
@@ -53,11 +62,11 @@ def bare(scene: Path, cfg: PipelineConfig, threads: int) -> tuple[int, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--backbone", default="resnet101")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="auto")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tilewise-bench")
     args = ap.parse_args()
     scene = make_scene(args.workdir / f"demo_{args.size}.tif", size=args.size)
@@ -68,9 +77,13 @@ def main() -> None:
         InferenceConfig(batch=args.batch),
         RayConfig(num_cpus=cpus),
     )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(args.precision, device)
+    how = f"{precision}" + (" (chosen by auto)" if args.precision == "auto" else "")
+    print(f"machine: {cpu_name()}, {device}; precision {how}", flush=True)
     n, secs = bare(scene, cfg, threads=cpus)
     print(
-        f"bare:     {n} tiles in {secs:6.1f} s = {n / secs:.3f} tiles/s ({args.backbone}, {args.precision}, batch {args.batch}, {args.tile} px)",
+        f"bare:     {n} tiles in {secs:6.1f} s = {n / secs:.3f} tiles/s ({args.backbone}, {precision}, batch {args.batch}, {args.tile} px)",
         flush=True,
     )
     with tempfile.TemporaryDirectory(dir=args.workdir) as out:

@@ -35,8 +35,16 @@ def _init(address: str | None, num_cpus: int | None, object_store_mb: int | None
         _started_here = True
 
 
+class _NoSigtermNotice(logging.Filter):
+    """Drops Ray's notice that it set no SIGTERM handler off the main thread: tilewise's CLI sets its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def _keeper(future: Future[None], args: tuple[Any, ...]) -> None:
     """Start Ray, then stay alive: Ray's daemons get a parent-death signal tied to the thread that started them."""
+    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
     try:
         _init(*args)
     except BaseException as e:  # handed to whoever waits for Ray

@@ -161,6 +161,7 @@ def test_sigterm_aborts_cleanly_with_status_143(tmp_path) -> None:
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 143, output
     assert "terminated; nothing written at" in output and "Traceback" not in output
+    assert "SIGTERM handler is not set" not in output, "Ray's notice is noise: the CLI handles SIGTERM itself"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"], "no mask, no temporary files"
 
 
