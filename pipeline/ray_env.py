@@ -31,7 +31,9 @@ def _init(address: str | None, num_cpus: int | None, object_store_mb: int | None
         ray.init(address=address, **kwargs)
     else:
         store = object_store_mb * 2**20 if object_store_mb else None
-        ray.init(num_cpus=num_cpus, object_store_memory=store, **kwargs)
+        # "local": a Ray of our own even where `ray start` or another job runs one on this machine
+        # (ray.init() would join that one, and refuse num_cpus with a ValueError)
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=store, **kwargs)
         _started_here = True
 
 
