@@ -151,7 +151,8 @@ def child(way: str, scene: Path, workdir: Path) -> None:
         extra = WAYS[way](scene, out)
         cpu = _cpu_seconds() - cpu0  # before Ray's processes go away
     seconds = time.perf_counter() - t0
-    out.unlink(missing_ok=True)
+    for written in workdir.glob(f"{out.stem}.*"):  # the mask and its .qml and STAC .json sidecars
+        written.unlink()
     print(json.dumps({"way": way, "seconds": seconds, "cpu": cpu, "peak_total": mem.peak_total, **extra}))
     os._exit(0)  # leave Ray's shutdown to the OS: it is not part of the run
 

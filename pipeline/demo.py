@@ -207,7 +207,7 @@ def run_demo(
     train_seconds = time.perf_counter() - t0
     mask = workdir / "mask.tif"
     infer_cfg = PipelineConfig(TilingConfig(tile=DEMO_INFER_TILE, overlap=0.25), ModelConfig(weights=str(result.model)))
-    infer_scene(scene, mask, infer_cfg, progress=progress)
+    inferred = infer_scene(scene, mask, infer_cfg, progress=progress)
     region = [w for _, w in result.val_windows]
     held = score_mask(mask, scene, truth, data, region)
     whole = score_mask(mask, scene, truth, data)
@@ -217,5 +217,6 @@ def run_demo(
         "val_miou": result.history[-1]["miou"], "heldout_miou": held.miou(),
         "heldout_accuracy": held.pixel_accuracy(), "scene_miou": whole.miou(), "train_seconds": train_seconds,
         "epochs": cfg.optim.epochs, "workers": workers, "backbone": "DeepLabV3-MobileNetV3-Large",
-        "tile": DEMO_TILE, "lr": DEMO_LR,
+        "tile": DEMO_TILE, "lr": DEMO_LR, "train_precision": result.history[-1].get("precision", ""),
+        "infer_precision": inferred.precision,
     }  # fmt: skip

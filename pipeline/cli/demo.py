@@ -35,6 +35,10 @@ def demo(workdir: Path, size: int, epochs: int | None, workers: int, progress: b
         f"trained {result['epochs']} epochs on {result['workers']} DDP workers in {result['train_seconds']:.0f} s "
         f"({result['backbone']}, random init, tile {result['tile']}, lr {result['lr']:g})"
     )
+    click.echo(
+        f"precision: training {result['train_precision']}, inference {result['infer_precision']} "
+        "(chosen by --precision auto for this hardware)"
+    )
     click.echo(f"validation mIoU: {result['val_miou']:.3f} (training's last epoch, held-out blocks)")
     click.echo(
         f"held-out region through the inference pipeline: mIoU {result['heldout_miou']:.3f}, "

@@ -182,6 +182,7 @@ def train_loop(config: dict[str, Any]) -> None:
             entry = {
                 "epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(metrics.pop("val_loss"), 6),
                 **metrics, "samples_per_s": round(per_epoch * c.batch_size * world / seconds, 3),
+                "precision": str(precision),
                 "seconds": round(seconds, 2),
             }  # fmt: skip
             history.append(entry)

@@ -167,6 +167,9 @@ def test_demo_trains_scores_and_writes_a_georeferenced_mask(ray_session, tmp_pat
     result = run("demo", "--workdir", work, "--size", 384, "--epochs", 1, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "validation mIoU: " in result.output and "trained 1 epochs on 2 DDP workers" in result.output
+    # the precision --precision auto chose, for training and inference alike
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert f"precision: training {expected}, inference {expected} (chosen by --precision auto" in result.output
     assert f"mask: {work / 'mask.tif'}" in result.output and f"quicklook: {work / 'quicklook.png'}" in result.output
     with rasterio.open(work / "scene.tif") as s, rasterio.open(work / "mask.tif") as m:
         assert (m.crs, m.transform, m.shape) == (s.crs, s.transform, s.shape)
