@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from models import Backbone, Precision
+from models import TTA, Backbone, Precision
 from tiling.core import BlendMode, EdgeMode, window_bounds
 from tiling.errors import ConfigError
 from tiling.formats.base import (
@@ -146,6 +146,8 @@ class ModelConfig:
     class_names: tuple[str, ...] | None = None
     # torch.compile the model in each actor: minutes of compilation repaid on long GPU runs
     compile: bool = False
+    # test-time augmentation: "flips" averages the probabilities of 4 flips of each tile (4x the model's cost)
+    tta: TTA | str = TTA.NONE
 
     def validate(self) -> ModelConfig:
         """A copy with options resolved to enums.
@@ -159,7 +161,8 @@ class ModelConfig:
             raise ConfigError(f"class_names: {len(self.class_names)} names for {self.classes} classes")
         backbone = lookup_option(self.backbone, Backbone, "backbone")
         precision = lookup_option(self.precision, Precision, "precision")
-        return replace(self, backbone=backbone, precision=precision)
+        tta = lookup_option(self.tta, TTA, "tta")
+        return replace(self, backbone=backbone, precision=precision, tta=tta)
 
     @property
     def names(self) -> list[str]:

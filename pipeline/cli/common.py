@@ -31,12 +31,13 @@ def one_line(src: Path, e: BaseException) -> str:
     return msg if str(src) in msg else f"{src}: {msg}"
 
 
-def report(result: InferenceResult, requested_precision: str = "") -> None:
+def report(result: InferenceResult, requested_precision: str = "", tta: str = "none") -> None:
     """Print where an inference run wrote its outputs, how fast it went, and in which precision.
 
     Args:
         result: the run's result.
         requested_precision: what the user asked for; ``auto`` is shown with what it became.
+        tta: the test-time augmentation the run used (its cost is said: forward passes per tile).
     """
     click.echo(f"mask: {result.mask}")
     for extra in result.published[1:]:
@@ -45,6 +46,8 @@ def report(result: InferenceResult, requested_precision: str = "") -> None:
     if result.precision:
         chosen = " (chosen by --precision auto for this hardware)" if requested_precision == "auto" else ""
         line += f", precision {result.precision}{chosen}"
+    if tta == "flips":
+        line += ", --tta flips (4 forward passes per tile)"
     click.echo(line)
 
 
