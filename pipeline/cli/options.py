@@ -271,6 +271,14 @@ FLAGS: tuple[Flag, ...] = (
         is_flag=True,
     ),
     Flag(
+        "--qa",
+        None,
+        "qa",
+        "Seam QA: also write <mask>.qa.tif (tiles and blend weight per pixel) and <mask>.qa.json "
+        "(overlap disagreement between tiles); COG masks.",
+        is_flag=True,
+    ),
+    Flag(
         "--overwrite",
         None,
         "overwrite",
