@@ -38,8 +38,11 @@ def train_model(workdir: Path, epochs: int, size: int) -> Path:
     from pipeline.train import DataConfig, ModelTrainConfig, OptimConfig, RunTrainConfig, TrainConfig, train
 
     model = workdir / "run" / "model.pt"
-    if model.exists():
-        print(f"model: {model} (exists; delete it to train again)")
+    metrics = workdir / "run" / "metrics.json"
+    if model.exists() and metrics.exists() and len(json.loads(metrics.read_text())["epochs"]) >= epochs:
+        history = json.loads(metrics.read_text())["epochs"]
+        print(f"model: {model} (trained {len(history)} epochs, validation mIoU {history[-1]['miou']:.3f}; "
+              "delete the run folder to train again)")  # fmt: skip
         return model
     scene = make_scene(workdir / "train.tif", size=size, truth_path=workdir / "train_truth.tif")
     data = DataConfig(
@@ -54,7 +57,9 @@ def train_model(workdir: Path, epochs: int, size: int) -> Path:
     )
     t0 = time.perf_counter()
     result = train(cfg, progress=False)
-    print(f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s; validation mIoU {result.history[-1]['miou']:.3f}")
+    print(
+        f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s; validation mIoU {result.history[-1]['miou']:.3f}"
+    )
     return Path(result.model)
 
 

@@ -59,7 +59,9 @@ def qa_line(report: dict[str, Any]) -> str:
     """One line of a seam QA report (``<mask>.qa.json``): the disagreement and the coverage."""
     d = report.get("disagreement")
     if d and d.get("share") is not None:
-        text = f"overlap disagreement {100 * d['share']:.2f}% ({d['pixels']:,} of {d['overlap_pixels']:,} overlap pixels)"
+        text = (
+            f"overlap disagreement {100 * d['share']:.2f}% ({d['pixels']:,} of {d['overlap_pixels']:,} overlap pixels)"
+        )
     elif d:
         text = "no pixel is covered by two tiles, so no disagreement to measure"
     else:

@@ -55,7 +55,9 @@ def qa_mask(mask: Path, overwrite: bool = False) -> dict[str, Any]:
             if not overwrite:
                 raise ConfigError(f"{path}: exists; pass --overwrite to replace it")
             if path.is_symlink() or owns is None or not owns(path):
-                raise SinkError(f"{path}: exists and was not written by tilewise, so it is never replaced; move it away")
+                raise SinkError(
+                    f"{path}: exists and was not written by tilewise, so it is never replaced; move it away"
+                )
     files = QaFiles(mask, plan, grid["shape"], grid["crs"], grid["transform"])
     try:
         report = files.write(disagreement)

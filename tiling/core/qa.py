@@ -143,8 +143,7 @@ def coverage(grid: TileGrid, blend: BlendMode | str, window: Window) -> tuple[np
     count = np.zeros(window.shape, np.uint16)
     weight = np.zeros(window.shape, np.float32)
     per_axis = [
-        _touching(starts, t, a, e)
-        for starts, t, a, e in zip(grid.starts, grid.tile_shape, window.start, window.stop)
+        _touching(starts, t, a, e) for starts, t, a, e in zip(grid.starts, grid.tile_shape, window.start, window.stop)
     ]
     for pos in itertools.product(*per_axis):
         index = int(np.ravel_multi_index(pos, grid.counts))

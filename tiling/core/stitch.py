@@ -235,7 +235,9 @@ class Stitcher:
         if not here.any():
             return
         acc = self._get(key)
-        first, seen = acc[(self.classes + 1, *dst)], acc[(self.classes + 2, *dst)]  # views into acc
+        first_at: tuple[slice | int, ...] = (self.classes + 1, *dst)
+        seen_at: tuple[slice | int, ...] = (self.classes + 2, *dst)
+        first, seen = acc[first_at], acc[seen_at]  # views into acc
         mine = labels.astype(np.float32) + 1
         new = here & (first == 0)
         differs = here & (first > 0) & (first != mine)

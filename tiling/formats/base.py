@@ -464,7 +464,7 @@ class Sink(ABC):
     supports_qa: ClassVar[bool] = False
     _closed: bool = False
 
-    def record_qa(self, disagreement: Disagreement) -> None:
+    def record_qa(self, disagreement: Disagreement) -> None:  # noqa: B027 - a hook most sinks ignore
         """Take the disagreement the stitcher measured, before :meth:`finalize` (a no-op by default)."""
 
     @classmethod

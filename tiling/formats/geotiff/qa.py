@@ -91,7 +91,9 @@ class QaFiles:
         self.plan = plan
         self.shape = (int(shape[0]), int(shape[1]))
         self.crs = crs
-        self.transform = Affine(*transform) if transform is not None and not isinstance(transform, Affine) else transform
+        self.transform = (
+            Affine(*transform) if transform is not None and not isinstance(transform, Affine) else transform
+        )
         self.raster, self.report = qa_paths(mask)
         self._tmp = {p: temp_name(p, ".part") for p in (self.raster, self.report)}
         self.summary: dict[str, Any] = {}
@@ -111,7 +113,7 @@ class QaFiles:
         profile = dict(
             driver="GTiff", height=out_shape[0], width=out_shape[1], count=2, dtype="float32",
             tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER", crs=self.crs,
-            transform=self.transform * Affine.scale(step) if self.transform is not None else None,
+            transform=self.transform @ Affine.scale(step) if self.transform is not None else None,
         )  # fmt: skip
         under = np.zeros(5, np.int64)  # output pixels under 0, 1, 2, 3, 4+ tiles (cell means rounded)
         top = 0.0
@@ -140,7 +142,9 @@ class QaFiles:
                 "step": step,
                 "bands": ["tiles", "weight"],
                 "max_tiles": top,
-                "share_under_tiles": {k: round(int(under[i]) / total, 6) for i, k in enumerate(("0", "1", "2", "3", "4+"))},
+                "share_under_tiles": {
+                    k: round(int(under[i]) / total, 6) for i, k in enumerate(("0", "1", "2", "3", "4+"))
+                },
             },
             "disagreement": disagreement.to_dict() if disagreement is not None else None,
             "disagreement_definition": (

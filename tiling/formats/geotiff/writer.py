@@ -278,5 +278,6 @@ class CogSink(Sink):
             part.remove()
         if hasattr(self, "_sidecars"):
             self._sidecars.remove()
-        if getattr(self, "_qa", None) is not None:
-            self._qa.remove()
+        qa = getattr(self, "_qa", None)
+        if qa is not None:
+            qa.remove()
