@@ -26,7 +26,7 @@ def test_a_tall_scene_gets_a_decimated_raster_on_the_masks_grid(tmp_path) -> Non
     with rasterio.open(tmp_path / "m.qa.tif") as ds:
         assert ds.shape == (2734, 32) and ds.transform == transform @ Affine.scale(3) and ds.crs == "EPSG:32633"
         top = ds.read(window=((0, 100), (0, 32)))
-    count, weight = coverage(plan.grid((8200, 96)), "mean", Window((0, 0), (300, 96)))
+    count, _ = coverage(plan.grid((8200, 96)), "mean", Window((0, 0), (300, 96)))
     cells = count.reshape(100, 3, 32, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(top[0], cells, rtol=1e-6)
     np.testing.assert_allclose(top[1], cells, rtol=1e-6)  # the mean blend weighs every tile 1
