@@ -100,7 +100,8 @@ def test_disagreement_is_the_share_of_overlap_pixels_whose_tiles_differ(
         tiles.append((i, scores, valid))
     order = data.draw(st.permutations(range(len(tiles))))
     keep = _Keep((rows, cols))
-    stitcher = Stitcher(grid, k, blend, keep, (16, 16), qa=True)
+    cap = data.draw(st.sampled_from([1, 2**20]))  # 1 byte: every block but the newest spills to disk
+    stitcher = Stitcher(grid, k, blend, keep, (16, 16), max_open_bytes=cap, qa=True)
     for i in order:
         stitcher.add(*tiles[i])
     stitcher.close()
