@@ -14,9 +14,10 @@ from models.deeplab import (
 )
 from models.errors import BandCountError, ModelError, WeightsError
 from models.precision import Precision, cpu_has_native_bf16, resolve_precision
-from models.predictor import Normalization, Predictor, check_bands, resolve_device
+from models.predictor import TTA, Normalization, Predictor, check_bands, resolve_device
 
 __all__ = [
+    "TTA",
     "Backbone",
     "BandCountError",
     "Init",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
@@ -21,7 +22,22 @@ from models.deeplab import first_conv
 from models.errors import BandCountError, ModelError
 from models.precision import Precision, resolve_precision
 
-__all__ = ["Normalization", "Precision", "Predictor", "check_bands", "resolve_device"]
+__all__ = ["TTA", "TTA_FLIPS", "Normalization", "Precision", "Predictor", "check_bands", "resolve_device"]
+
+
+class TTA(str, Enum):
+    """Test-time augmentation: which transforms of a tile the class probabilities are averaged over."""
+
+    NONE = "none"  # one forward pass
+    FLIPS = "flips"  # identity, left-right, up-down and both (ttach's flip_transform): 4 forward passes
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+#: The flips of ``TTA.FLIPS`` as the tensor dims they reverse on (B, C, H, W): identity,
+#: horizontal (cols), vertical (rows), both. Each is its own inverse.
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,11 @@ class Predictor:
         device: torch device; CUDA when available by default.
         compile: run the model through ``torch.compile`` (the first batches
             pay the compilation; worth it for long runs on a GPU).
+        tta: ``none``, or ``flips``: the softmax probabilities are the mean over
+            the identity, horizontal, vertical and both flips of each tile, each
+            flipped back before averaging (the flip set of ttach's
+            ``flip_transform``; nnU-Net mirrors the same axes). Costs one
+            forward pass per flip.
     """
 
     def __init__(
@@ -78,7 +99,12 @@ class Predictor:
         channels_last: bool = True,
         device: str | torch.device | None = None,
         compile: bool = False,
+        tta: TTA | str = TTA.NONE,
     ) -> None:
+        try:
+            self.tta = TTA(str(tta).lower())
+        except ValueError:
+            raise ModelError(f"tta: must be one of {', '.join(t.value for t in TTA)}, got {tta!r}") from None
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.precision is Precision.FP16 and self.device.type != "cuda":
@@ -169,12 +195,24 @@ class Predictor:
         statistics (see :meth:`prepare`).
         """
         x = self.prepare(images, valid, mean, std)
+        flips = TTA_FLIPS if self.tta is TTA.FLIPS else ((),)
+        total: torch.Tensor | None = None
+        for dims in flips:
+            probs = self._probs(torch.flip(x, dims) if dims else x)
+            probs = torch.flip(probs, dims) if dims else probs  # back onto the tile's own pixels
+            total = probs if total is None else total.add_(probs)
+        assert total is not None
+        if len(flips) > 1:
+            total.div_(len(flips))
+        return total.to(dtype).contiguous().cpu().numpy()
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (B, K, H, W) float32 of one forward pass."""
         with self._autocast():
             out = self._forward(x)
         if isinstance(out, dict):
             out = out["out"]
-        probs = torch.softmax(out.float(), dim=1).to(dtype).contiguous()
-        return probs.cpu().numpy()
+        return torch.softmax(out.float(), dim=1)
 
     def __call__(self, images: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities (B, K, H, W) float32 for images (B, C, H, W)."""

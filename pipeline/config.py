@@ -13,8 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from models import Backbone, Precision
+from models import TTA, Backbone, Precision
 from tiling.core import BlendMode, EdgeMode, window_bounds
+from tiling.core.qa import TilePlan
 from tiling.errors import ConfigError
 from tiling.formats.base import (
     DEFAULT_MAX_BANDS,
@@ -146,6 +147,8 @@ class ModelConfig:
     class_names: tuple[str, ...] | None = None
     # torch.compile the model in each actor: minutes of compilation repaid on long GPU runs
     compile: bool = False
+    # test-time augmentation: "flips" averages the probabilities of 4 flips of each tile (4x the model's cost)
+    tta: TTA | str = TTA.NONE
 
     def validate(self) -> ModelConfig:
         """A copy with options resolved to enums.
@@ -159,7 +162,8 @@ class ModelConfig:
             raise ConfigError(f"class_names: {len(self.class_names)} names for {self.classes} classes")
         backbone = lookup_option(self.backbone, Backbone, "backbone")
         precision = lookup_option(self.precision, Precision, "precision")
-        return replace(self, backbone=backbone, precision=precision)
+        tta = lookup_option(self.tta, TTA, "tta")
+        return replace(self, backbone=backbone, precision=precision, tta=tta)
 
     @property
     def names(self) -> list[str]:
@@ -293,6 +297,8 @@ class PipelineConfig:
     allow_no_crs: bool = False  # a mask without CRS is useless in a GIS: refuse unless asked
     overwrite: bool = False  # replace existing masks, and only those tilewise wrote
     output_format: str | None = None  # a format's --format name (cog, ome-zarr, dicom-seg); None = from --out
+    # seam QA: coverage raster and overlap disagreement beside the mask (two more accumulator planes)
+    qa: bool = False
 
     def validate(self) -> PipelineConfig:
         """A copy with options resolved to enums.
@@ -324,9 +330,12 @@ class PipelineConfig:
         provenance = ModelProvenance(
             name, Path(weights).name if weights else None, _sha256(weights) if weights else None, f"tilewise {version}"
         )
+        tiling = self.tiling
+        plan = TilePlan(tiling.tile, float(tiling.overlap), str(tiling.edge), str(tiling.blend))
         return SinkRequest(
-            tuple(self.model.names), self.save_probs, self.allow_no_crs, self.output.sink_options(), provenance
-        )
+            tuple(self.model.names), self.save_probs, self.allow_no_crs, self.output.sink_options(), provenance,
+            plan, self.qa,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, for saving next to the outputs."""

@@ -13,6 +13,7 @@ from pipeline.cli.compare import compare
 from pipeline.cli.demo import demo
 from pipeline.cli.evaluate import evaluate
 from pipeline.cli.infer import infer
+from pipeline.cli.qa import qa
 from pipeline.cli.train import train
 
 __all__ = ["cli", "main"]
@@ -32,6 +33,7 @@ cli.add_command(demo)
 cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(compare)
+cli.add_command(qa)
 
 
 def main() -> None:

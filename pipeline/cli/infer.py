@@ -56,7 +56,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         check_products(cfg, _masks(sources, out, cfg, batch), batch)
         if not batch:
             result = infer_scene(sources[0], out, cfg, progress=progress)
-            report(result, str(cfg.model.precision))
+            report(result, str(cfg.model.precision), str(cfg.model.tta))
             report_products(make_products(sources[0], result.mask, result.probs, cfg, progress=progress))
             return
         outcome = infer_many(list(sources), out, cfg, progress=progress)
@@ -73,7 +73,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         try:
             if isinstance(r, Exception):
                 raise r
-            report(r, str(cfg.model.precision))
+            report(r, str(cfg.model.precision), str(cfg.model.tta))
             report_products(make_products(src, r.mask, r.probs, cfg, batch=True, progress=progress))
         except USER_ERRORS as e:
             failed += 1

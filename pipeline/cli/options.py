@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from models import Backbone, Precision
+from models import TTA, Backbone, Precision
 from pipeline.config import (
     InferenceConfig,
     InputConfig,
@@ -185,6 +185,13 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("--precision", "model", "precision", "Forward-pass precision.", _choice(Precision)),
     Flag("--compile", "model", "compile", "torch.compile the model in each actor (long GPU runs).", is_flag=True),
+    Flag(
+        "--tta",
+        "model",
+        "tta",
+        "Test-time augmentation: flips averages the probabilities of 4 flips of each tile (4x the model time).",
+        _choice(TTA),
+    ),
     Flag("--bands", "input", "bands", "1-based bands to use, e.g. 1,2,3 (default: all).", None, _csv_ints),
     Flag("--series", "input", "series", "DICOM SeriesInstanceUID, when the folder holds several series."),
     Flag("--level", "input", "level", "OME-Zarr multiscale level to segment (default 0).", int),
@@ -261,6 +268,14 @@ FLAGS: tuple[Flag, ...] = (
         "products",
         "quicklook",
         "Also write <mask>.quicklook.png: the source, the mask, a legend.",
+        is_flag=True,
+    ),
+    Flag(
+        "--qa",
+        None,
+        "qa",
+        "Seam QA: also write <mask>.qa.tif (tiles and blend weight per pixel) and <mask>.qa.json "
+        "(overlap disagreement between tiles); COG masks.",
         is_flag=True,
     ),
     Flag(

@@ -112,7 +112,7 @@ class _Scene:
         sink = self.sink = self.plan.open_sink()
         self.stitcher = Stitcher(
             self.plan.grid, len(self.plan.request.class_names), self.blend, sink, sink.block,
-            self.plan.request.save_probs,
+            self.plan.request.save_probs, qa=self.plan.request.qa,
         )  # fmt: skip
         self.first = time.perf_counter()
         return sink, self.stitcher
@@ -364,6 +364,8 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
         if stitcher.done:
             stitcher.close()
+            if stitcher.qa:  # seam QA: the disagreement goes with the mask
+                sink.record_qa(stitcher.disagreement)
             published = sink.finalize()
             now = time.perf_counter()
             scene.output = SceneOutput(

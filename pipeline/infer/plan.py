@@ -115,6 +115,8 @@ def plan_scene(
     if sink_class is None:  # output_format returns writers only
         raise ConfigError(f"{out}: {fmt.title} writes no masks")
     request = cfg.sink_request(model)
+    if request.qa and not sink_class.supports_qa:
+        raise ConfigError(f"{out}: --qa writes its coverage raster beside a COG mask; choose a .tif --out")
     with open_source(src, **cfg.input.source_options()) as source:
         grid = TileGrid(
             source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis

@@ -43,7 +43,13 @@ class PredictUDF:
             model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
         self.classes = model_config.classes
         self.predictor = Predictor(
-            model, None, model_config.precision, model_config.channels_last, device, compile=model_config.compile
+            model,
+            None,
+            model_config.precision,
+            model_config.channels_last,
+            device,
+            compile=model_config.compile,
+            tta=model_config.tta,
         )
         # Scores cross the object store; below fp32 the model has no more
         # precision than float16 carries, so halve the bytes.

@@ -83,3 +83,31 @@ def test_compiled_model_gives_the_same_probabilities() -> None:
     eager = Predictor(model, precision="fp32", channels_last=False, device="cpu")(x)
     compiled = Predictor(model, precision="fp32", channels_last=False, device="cpu", compile=True)(x)
     np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_tta_flips_is_the_mean_of_the_flipped_predictions_computed_by_hand() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, kernel_size=3, padding=1)  # a random 3x3 kernel: not flip-equivariant
+    x = np.random.default_rng(1).random((2, 3, 12, 10), dtype=np.float32)
+    plain = Predictor(model, channels_last=False)
+    by_hand = np.mean(
+        [
+            plain(x),
+            plain(x[..., ::-1].copy())[..., ::-1],  # left-right
+            plain(x[..., ::-1, :].copy())[..., ::-1, :],  # up-down
+            plain(x[..., ::-1, ::-1].copy())[..., ::-1, ::-1],  # both
+        ],
+        axis=0,
+    )
+    assert np.abs(plain(x) - by_hand).max() > 1e-3  # the model does see the flips
+    tta = Predictor(model, channels_last=False, tta="flips")(x)
+    np.testing.assert_allclose(tta, by_hand, rtol=1e-5, atol=1e-6)
+    none = Predictor(model, channels_last=False, tta="none")(x)
+    with torch.inference_mode():
+        direct = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(none, direct, rtol=1e-5, atol=1e-6)  # --tta none: one plain forward pass
+
+
+def test_unknown_tta_is_refused() -> None:
+    with pytest.raises(ModelError, match="tta: must be one of none, flips"):
+        Predictor(linear_model(), tta="rotations")

@@ -32,6 +32,7 @@ import numpy as np
 from tiling.core.blend import BlendMode, tile_weights
 from tiling.core.grid import TileGrid
 from tiling.core.labels import LABEL_NODATA
+from tiling.core.qa import Disagreement
 from tiling.core.windows import Window, clip, intersection
 from tiling.errors import TilingError
 from tiling.options import lookup_option
@@ -97,6 +98,8 @@ class Stitcher:
         block: output block shape, one size per scene axis.
         keep_probs: also hand blended probabilities to the writer.
         max_open_bytes: accumulator memory above which blocks spill to disk.
+        qa: measure the disagreement between overlapping tiles
+            (:attr:`disagreement`); two more float32 planes per open block.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Stitcher:
         block: tuple[int, ...] = (256, 256),
         keep_probs: bool = False,
         max_open_bytes: int = DEFAULT_MAX_OPEN_BYTES,
+        qa: bool = False,
     ) -> None:
         self.grid = grid
         self.classes = classes
@@ -130,6 +134,9 @@ class Stitcher:
         self.skipped = 0
         self.spills = 0
         self.peak_open_bytes = 0
+        self.qa = qa
+        #: Overlap pixels and those where the tiles disagreed, over the blocks finished so far.
+        self.disagreement = Disagreement()
 
     # -- geometry -------------------------------------------------------------
     def _block_range(self, w: Window) -> tuple[slice, ...]:
@@ -190,12 +197,14 @@ class Stitcher:
         self._seen[index] = True
         self.skipped += scores is None
         inside = clip(window, self.shape)
-        weight = weighted = None
+        weight = weighted = labels = None
         if scores is not None:
             weight = self.weights(index)
             if valid is not None:
                 weight = weight * valid
             weighted = np.multiply(scores, weight, dtype=np.float32)  # once per tile, not per block
+            if self.qa:
+                labels = class_argmax(scores)
         for key in self._block_keys(inside):
             if weight is not None and weighted is not None:
                 block = self._block_window(key)
@@ -203,6 +212,8 @@ class Stitcher:
                 src = part.relative_to(window).to_slices()
                 dst = part.relative_to(block).to_slices()
                 w = weight[src]
+                if labels is not None:
+                    self._vote(key, dst, labels[src], None if valid is None else valid[src])
                 if w.any():
                     acc = self._get(key)
                     scores_src: tuple[slice | int, ...] = (slice(None), *src)
@@ -214,6 +225,30 @@ class Stitcher:
             if self.pending[key] == 0:
                 self._finish(key)
 
+    def _vote(self, key: tuple[int, ...], dst: tuple[slice, ...], labels: np.ndarray, valid: np.ndarray | None) -> None:
+        """Record one tile's classes in block ``key`` for the disagreement (planes K+1 and K+2).
+
+        Plane K+1 holds 0 where no tile predicted yet, ``class + 1`` while every
+        tile so far agreed, and -1 once one differed; plane K+2 counts the tiles.
+        """
+        here = np.ones(labels.shape, bool) if valid is None else valid
+        if not here.any():
+            return
+        acc = self._get(key)
+        first_at: tuple[slice | int, ...] = (self.classes + 1, *dst)
+        seen_at: tuple[slice | int, ...] = (self.classes + 2, *dst)
+        first, seen = acc[first_at], acc[seen_at]  # views into acc
+        mine = labels.astype(np.float32) + 1
+        new = here & (first == 0)
+        differs = here & (first > 0) & (first != mine)
+        first[new] = mine[new]
+        first[differs] = -1
+        seen += here
+
+    def _planes(self) -> int:
+        """Accumulator planes: K scores and the weight, and with ``qa`` the first class and the tile count."""
+        return self.classes + (3 if self.qa else 1)
+
     def _get(self, key: tuple[int, ...]) -> np.ndarray:
         acc = self._open.get(key)
         if acc is not None:
@@ -221,7 +256,7 @@ class Stitcher:
             return acc
         acc = self._unspill(key)
         if acc is None:
-            acc = np.zeros((self.classes + 1, *self._block_window(key).shape), np.float32)
+            acc = np.zeros((self._planes(), *self._block_window(key).shape), np.float32)
         self._open[key] = acc
         self._open_bytes += acc.nbytes
         self._evict()
@@ -261,6 +296,10 @@ class Stitcher:
             self._open_bytes -= acc.nbytes
         else:
             acc = self._unspill(key)
+        if self.qa and acc is not None:
+            overlap = acc[self.classes + 2] >= 2
+            disagree = int(np.count_nonzero(overlap & (acc[self.classes + 1] < 0)))
+            self.disagreement += Disagreement(int(np.count_nonzero(overlap)), disagree)
         labels, probs = finish_block(acc, self.classes, window.shape, self.keep_probs)
         self.writer.write(window, labels, probs)
         self.blocks_written += 1
@@ -291,7 +330,7 @@ class Stitcher:
 def finish_block(
     acc: np.ndarray | None, classes: int, shape: Sequence[int], keep_probs: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalise an accumulator (K+1, rows, cols) into labels and probabilities.
+    """Normalise an accumulator (K+1 or more planes, rows, cols) into labels and probabilities.
 
     Pixels with zero total weight get :data:`LABEL_NODATA` and zero probability.
     """

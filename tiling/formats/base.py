@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from tiling.core.qa import Disagreement, TilePlan
 from tiling.core.windows import Window, clip, intersects
 from tiling.errors import (
     ConfigError,
@@ -426,6 +427,10 @@ class SinkRequest:
             checks against the chosen format and resolves into its
             ``sink_options`` dataclass, or that dataclass itself.
         provenance: the model that made the mask, or None when unknown.
+        plan: the tile plan (tile, overlap, edge, blend), which a sink that can
+            records with the mask (a COG's tags) so seam QA can be redone later.
+        qa: also publish the seam QA files beside the mask (sinks with
+            ``supports_qa``; see :mod:`tiling.core.qa`).
     """
 
     class_names: tuple[str, ...]
@@ -433,6 +438,8 @@ class SinkRequest:
     allow_unreferenced: bool = False
     options: Any = None
     provenance: ModelProvenance | None = None
+    plan: TilePlan | None = None
+    qa: bool = False
 
 
 class Sink(ABC):
@@ -453,7 +460,12 @@ class Sink(ABC):
     block: tuple[int, ...]
     #: Where the probabilities are published when they are a file of their own; None otherwise.
     probs: Path | None = None
+    #: Whether this sink publishes seam QA files (``SinkRequest.qa``).
+    supports_qa: ClassVar[bool] = False
     _closed: bool = False
+
+    def record_qa(self, disagreement: Disagreement) -> None:  # noqa: B027 - a hook most sinks ignore
+        """Take the disagreement the stitcher measured, before :meth:`finalize` (a no-op by default)."""
 
     @classmethod
     def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from tiling.core.labels import LABEL_NODATA, default_colormap
+from tiling.core.qa import Disagreement, TilePlan
 from tiling.core.windows import Window
 from tiling.errors import ConfigError
 from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable, sink_error, temp_name
 from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache before any I/O)
+from tiling.formats.geotiff.qa import DISAGREEMENT_TAG, PLAN_TAG, QaFiles, qa_paths
 from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, source_datetime
 from tiling.formats.reference import MapReference
 
@@ -116,10 +119,15 @@ class CogSink(Sink):
         block: internal tile size of the outputs.
         provenance: the model that made the mask, for the STAC Item.
         source: the image the mask was made from, for the STAC Item.
+        plan: the tile plan, recorded in the mask's tags (``TILEWISE_PLAN``).
+        qa: also publish ``<stem>.qa.tif`` and ``<stem>.qa.json`` (needs ``plan``;
+            see :mod:`tiling.formats.geotiff.qa`).
 
     Raises:
         SinkError: if the output folder is missing or not writable.
     """
+
+    supports_qa = True
 
     def __init__(
         self,
@@ -131,8 +139,12 @@ class CogSink(Sink):
         block: int = DEFAULT_BLOCK,
         provenance: ModelProvenance | None = None,
         source: Path | None = None,
+        plan: TilePlan | None = None,
+        qa: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.plan = plan
+        self._disagreement: Disagreement | None = None
         self.shape = tuple(shape)
         check_writable(self.path)
         self.block = (block, block)
@@ -143,6 +155,7 @@ class CogSink(Sink):
             source, source_datetime(source) if source is not None else None,
         )  # fmt: skip
         self._sidecars = Sidecars(self.path, description, self.probs)
+        self._qa = QaFiles(self.path, plan, self.shape, georef.crs, georef.transform) if qa and plan else None  # type: ignore[arg-type]
         base = dict(
             driver="GTiff", height=shape[0], width=shape[1], tiled=True,
             blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER",
@@ -163,9 +176,12 @@ class CogSink(Sink):
 
     @classmethod
     def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:
-        """The mask, ``<stem>.probs.tif`` when probabilities are saved, the QGIS style and the STAC Item."""
+        """The mask, ``<stem>.probs.tif`` when probabilities are saved, the QGIS style, the STAC Item,
+        and with ``qa`` the seam QA raster and report.
+        """
         probs = (probs_path_for(path),) if request.save_probs else ()
-        return (path, *probs, path.with_suffix(".qml"), path.with_suffix(".json"))
+        qa = qa_paths(path) if request.qa else ()
+        return (path, *probs, path.with_suffix(".qml"), path.with_suffix(".json"), *qa)
 
     @classmethod
     def for_source(cls, path: Path, source: Source, request: SinkRequest) -> CogSink:
@@ -186,6 +202,8 @@ class CogSink(Sink):
         return cls(
             path, (int(source.shape[0]), int(source.shape[1])), ref, request.class_names, request.save_probs,
             provenance=request.provenance, source=Path(source.path),
+            plan=replace(request.plan, block=tuple(int(b) for b in source.block_shape)) if request.plan else None,
+            qa=request.qa,
         )  # fmt: skip
 
     def _add(self, final: Path, profile: dict[str, Any], resampling: str) -> _TiffPart:
@@ -211,16 +229,25 @@ class CogSink(Sink):
         ds.set_band_description(1, "class")
         ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel", TILEWISE=_version())
         ds.update_tags(1, **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
+        if self.plan is not None:
+            ds.update_tags(**{PLAN_TAG: json.dumps(self.plan.to_dict())})
         if self._probs is not None:
             for k, n in enumerate(self.class_names):
                 self._probs.ds.set_band_description(k + 1, f"p({n})")
             self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=_version())
 
+    def record_qa(self, disagreement: Disagreement) -> None:
+        """Store the measured disagreement in the mask's tags and the QA report."""
+        self._disagreement = disagreement
+        if not self._closed:
+            self._mask.ds.update_tags(**{DISAGREEMENT_TAG: json.dumps(disagreement.to_dict())})
+
     def finalize(self) -> tuple[Path, ...]:
         """Convert to COG and move into place with its sidecars.
 
         Returns:
-            The mask, the probabilities (if saved), the ``.qml`` and the STAC ``.json``.
+            The mask, the probabilities (if saved), the ``.qml``, the STAC ``.json``,
+            and with ``qa`` the ``.qa.tif`` and ``.qa.json``.
 
         Raises:
             SinkFinalizedError: if called twice.
@@ -231,9 +258,13 @@ class CogSink(Sink):
             for part in self._parts:
                 part.convert(self.block[0])
             self._sidecars.write()
+            if self._qa is not None:
+                self._qa.write(self._disagreement, _version())
             for part in self._parts:
                 part.publish()
             sidecars = self._sidecars.publish()
+            if self._qa is not None:
+                sidecars += self._qa.publish()
         except Exception:
             self.abort()
             raise
@@ -247,3 +278,6 @@ class CogSink(Sink):
             part.remove()
         if hasattr(self, "_sidecars"):
             self._sidecars.remove()
+        qa = getattr(self, "_qa", None)
+        if qa is not None:
+            qa.remove()
