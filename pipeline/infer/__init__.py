@@ -1,7 +1,23 @@
-"""Inference on Ray: plan -> read (Ray Data read tasks) -> predict (actor pool) -> stitch -> sink."""
+"""Inference on Ray: plan -> read (Ray Data read tasks) -> predict (actor pool) -> stitch -> sink.
+
+The names below are imported on first use: Ray's read tasks and model
+actors import ``pipeline.infer.datasource`` and ``pipeline.infer.predict``,
+and must not pay for the driver's modules (Ray Data, rasterio, the
+training code) on every worker start.
+"""
 
 from __future__ import annotations
 
-from pipeline.infer.run import USER_ERRORS, InferenceResult, infer_many, infer_scene, mask_path_for
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.infer.run import USER_ERRORS, InferenceResult, infer_many, infer_scene, mask_path_for
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("pipeline.infer.run"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
