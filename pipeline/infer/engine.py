@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -138,10 +138,11 @@ def _resources(cfg: PipelineConfig, device: str) -> tuple[int, dict[str, Any], d
         gpus = int(resources.get("GPU", 0))
         if gpus < 1:
             raise ConfigError(f"device: {device} was asked for, but the Ray cluster has no GPU; use --device cpu")
-        actors = cfg.inference.actors or gpus
+        share = cfg.inference.gpus_per_actor
+        actors = cfg.inference.actors or max(1, int(gpus / share))
         if cpus < actors + 1:
             raise ConfigError(f"the Ray cluster has {cpus:g} CPUs; {actors} GPU actors and a reader need {actors + 1}")
-        return actors, {"num_gpus": 1, "num_cpus": 1}, {"num_cpus": 1}, 2
+        return actors, {"num_gpus": share, "num_cpus": 1}, {"num_cpus": 1}, 2
     actors = cfg.inference.actors or 1
     # Each actor reserves a CPU and read tasks need one beside it; on a machine
     # too small for that, both take half a CPU, so a one-CPU container still
@@ -250,7 +251,10 @@ def _dataset(plans: Sequence[ScenePlan], cfg: PipelineConfig, model: torch.nn.Mo
         # Ray 2.60 deprecates every way to bound an actor pool's restarts (ray_remote_args and
         # ray_remote_args_fn) without a replacement yet; the default is to restart forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        return _map(ray.data.read_datasource(source, override_num_blocks=blocks, **read_args), cfg, model, device,
+        read = ray.data.read_datasource(
+            source, override_num_blocks=blocks, concurrency=cfg.inference.readers, **read_args
+        )
+        return _map(read, cfg, model, device,
                     channels, actors, actor_args, threads, restarts)  # fmt: skip
 
 
@@ -272,8 +276,12 @@ def run_plans(
     cfg: PipelineConfig,
     model: torch.nn.Module | None = None,
     progress: bool = True,
+    on_result: Callable[[ScenePlan, SceneOutput | SceneFailure], None] | None = None,
 ) -> dict[int, SceneOutput | SceneFailure]:
     """Segment every planned scene; returns each scene's output or failure, by scene number.
+
+    ``on_result`` is called in this process as soon as a scene is published
+    or has failed (a batch records it there, so a run killed later keeps it).
 
     Raises:
         PipelineStalledError: if no tile finishes within ``cfg.inference.stall_timeout`` seconds.
@@ -308,7 +316,7 @@ def run_plans(
     try:
         with tqdm(total=total, unit="tile", desc=label, disable=not progress, smoothing=0.1) as bar:
             for batch in _batches(ds, cfg.inference.stall_timeout, where):
-                tiles = _route(batch, scenes, t0)
+                tiles = _route(batch, scenes, t0, on_result)
                 done_tiles += tiles
                 bar.update(tiles)
     except BaseException as e:
@@ -328,16 +336,28 @@ def run_plans(
             missing = int((~s.stitcher.seen).sum()) if s.stitcher is not None else len(s.plan.grid)
             s.abort()
             s.failure = SceneFailure(TilingError(f"{s.plan.src}: {missing} tiles never arrived; nothing was written"))
+            if on_result is not None:
+                on_result(s.plan, s.failure)
     return {n: (s.output if s.output is not None else s.failure) for n, s in scenes.items()}  # type: ignore[misc]
 
 
-def _route(batch: dict[str, np.ndarray], scenes: dict[int, _Scene], t0: float) -> int:
+def _route(
+    batch: dict[str, np.ndarray],
+    scenes: dict[int, _Scene],
+    t0: float,
+    on_result: Callable[[ScenePlan, SceneOutput | SceneFailure], None] | None = None,
+) -> int:
     """Hand each scene its rows of a batch (a batch may span scenes); returns the tiles it held."""
     order = batch["scene"]
     tiles = 0
     for number in dict.fromkeys(int(x) for x in order):  # scenes in order of appearance
         rows = np.flatnonzero(order == number)
-        tiles += _route_scene(scenes[number], {k: v[rows] for k, v in batch.items()}, t0)
+        scene = scenes[number]
+        settled = scene.output is not None or scene.failure is not None
+        tiles += _route_scene(scene, {k: v[rows] for k, v in batch.items()}, t0)
+        result = scene.output if scene.output is not None else scene.failure
+        if on_result is not None and not settled and result is not None:
+            on_result(scene.plan, result)
     return tiles
 
 
