@@ -29,6 +29,7 @@ from pipeline.batch.sources import SceneEntry, discover
 from pipeline.batch.state import (
     SceneRecord,
     Status,
+    canonical,
     input_fingerprint,
     model_fingerprint,
     params_of,
@@ -39,6 +40,7 @@ from pipeline.batch.state import (
 from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
+from pipeline.infer.journal import adopt_journal
 from pipeline.infer.plan import ScenePlan, check_outputs, plan_scene, remove_stale_temp_files
 from pipeline.infer.run import USER_ERRORS, _check_model, mask_path_for
 from pipeline.ray_env import unwrap_user_error
@@ -61,6 +63,7 @@ class _Pending:
     ours: bool  # a record exists, so its outputs are tilewise's to replace
     attempts: int  # attempts since the scene last changed, before this run
     report: SceneReport
+    resumable: bool = False  # the last attempt had the same input, model and parameters: its journal is good
 
 
 def _one_line(e: BaseException) -> str:
@@ -108,10 +111,10 @@ class _Batch:
                     line.status, line.tiles = Status.SKIPPED.value, record.tiles
                     self.bar.update(1)
                     continue
-                before = 0
-                if record is not None and dict(record.input) == fp and record.model == self.model_fp:
-                    before = record.attempts
-                todo.append(_Pending(entry, cfg, mask, fp, params, record is not None, before, line))
+                same = record is not None and dict(record.input) == fp and record.model == self.model_fp
+                before = record.attempts if same and record is not None else 0
+                resumable = same and record is not None and canonical(record.params) == canonical(params)
+                todo.append(_Pending(entry, cfg, mask, fp, params, record is not None, before, line, resumable))
             except (TilingError, ModelError, OSError) as e:
                 line.error = _one_line(e)
                 self.bar.update(1)
@@ -150,6 +153,8 @@ class _Batch:
             except USER_ERRORS as e:
                 self.fail(p, e)
                 continue
+            resume = adopt_journal(plan.out, plan.grid, plan.block) if p.resumable else None
+            plan = replace(plan, journal=True, resume=resume)
             # a record before any work: outputs of a run killed after publishing are then ours to replace
             self.record(p, Status.FAILED, "started, not finished (the run was killed or is still running)")
             p.ours = True
@@ -165,7 +170,11 @@ class _Batch:
             return
         p.report.status, p.report.error, p.report.internal = Status.DONE.value, "", False
         p.report.tiles, p.report.seconds = result.tiles, round(result.seconds, 3)
-        self.record(p, Status.DONE, outputs=result.published, tiles=result.tiles, seconds=result.seconds)
+        p.report.resumed_tiles = result.resumed
+        self.record(
+            p, Status.DONE, outputs=result.published, tiles=result.tiles, resumed_tiles=result.resumed,
+            seconds=result.seconds,
+        )  # fmt: skip
         self.bar.update(1)
 
 

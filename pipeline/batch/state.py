@@ -33,6 +33,7 @@ from tiling.formats.base import stale_temp_files, temp_name
 
 __all__ = [
     "STATE_DIR",
+    "canonical",
     "SceneRecord",
     "Status",
     "input_fingerprint",
@@ -98,12 +99,13 @@ class SceneRecord:
             self.status == Status.DONE.value
             and dict(self.input) == dict(input)
             and self.model == model
-            and _canonical(self.params) == _canonical(params)
+            and canonical(self.params) == canonical(params)
             and all(Path(p).exists() for p in self.outputs)
         )
 
 
-def _canonical(value: Any) -> str:
+def canonical(value: Any) -> str:
+    """``value`` as sorted JSON, for comparing parameters read back from a record."""
     return json.dumps(value, sort_keys=True, default=str)
 
 

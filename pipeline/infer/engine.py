@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 
 from pipeline.config import PipelineConfig
 from pipeline.infer.datasource import SceneTiles, TileDatasource
+from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, JournaledSink
 from pipeline.infer.plan import ScenePlan
 from pipeline.infer.predict import PredictUDF
 from pipeline.ray_env import ensure_ray, shutdown, started_here
 from tiling.core import Stitcher
 from tiling.errors import ConfigError, TilingError
-from tiling.formats.base import Sink
+from tiling.formats.base import Sink, temp_name
 
 __all__ = ["PipelineStalledError", "SceneFailure", "SceneOutput", "WorkerDiedError", "run_plans"]
 
@@ -68,6 +69,7 @@ class SceneOutput:
         stitch_peak_bytes: the largest accumulator memory its stitcher held.
         stitch_spills: accumulator blocks spilled to disk.
         precision: the forward pass's precision where the model ran (what ``auto`` became).
+        resumed: tiles not run because a killed run's journal held their blocks.
     """
 
     published: tuple[Path, ...]
@@ -78,6 +80,7 @@ class SceneOutput:
     stitch_peak_bytes: int
     stitch_spills: int
     precision: str = ""
+    resumed: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,23 +109,47 @@ class _Scene:
     failure: SceneFailure | None = None
     output: SceneOutput | None = None
     closed: bool = False
+    journal: BlockJournal | None = None
+
+    @property
+    def resumed(self) -> int:
+        """Tiles a killed run's journal spares this run."""
+        return self.plan.resume.skipped(len(self.plan.grid)) if self.plan.resume is not None else 0
 
     def open(self) -> tuple[Sink, Stitcher]:
-        """Open the scene's sink and a stitcher that finishes the sink's blocks."""
+        """Open the scene's sink and a stitcher that finishes the sink's blocks.
+
+        A journaled scene records each block; a resumed one first writes the
+        blocks its journal holds and counts the tiles it spares as added.
+        """
         sink = self.sink = self.plan.open_sink()
+        writer: Any = sink
+        if self.plan.journal:
+            resume = self.plan.resume
+            self.journal = BlockJournal(resume.journal if resume else temp_name(self.plan.out, JOURNAL_SUFFIX))
+            if resume is not None:
+                self.journal.replay(sink)
+            writer = JournaledSink(sink, self.journal, resume.blocks if resume else frozenset())
         self.stitcher = Stitcher(
-            self.plan.grid, len(self.plan.request.class_names), self.blend, sink, sink.block,
+            self.plan.grid, len(self.plan.request.class_names), self.blend, writer, sink.block,
             self.plan.request.save_probs,
         )  # fmt: skip
+        if self.plan.resume is not None:
+            spared = np.ones(len(self.plan.grid), bool)
+            spared[self.plan.resume.todo] = False
+            for index in np.flatnonzero(spared):
+                self.stitcher.add(int(index), None, None)
         self.first = time.perf_counter()
         return sink, self.stitcher
 
-    def abort(self) -> None:
-        """Remove everything the scene wrote so far."""
+    def abort(self, keep_journal: bool = False) -> None:
+        """Remove everything the scene wrote so far (but its journal, when a later run may resume it)."""
         if self.sink is not None:
             self.sink.abort()
         if self.stitcher is not None:
             self.stitcher.discard()
+        if self.journal is not None:
+            self.journal.close() if keep_journal else self.journal.remove()
         self.closed = True
 
 
@@ -240,12 +267,22 @@ def _dataset(plans: Sequence[ScenePlan], cfg: PipelineConfig, model: torch.nn.Mo
     wire = np.result_type(*(p.dtype for p in plans)).name  # every scene's pixels fit it
     scenes = [
         SceneTiles(
-            p.scene, p.spec, p.grid, p.layout, p.normalization.mean, p.normalization.std, p.tile_bytes, wire, channels
+            p.scene,
+            p.spec,
+            p.grid,
+            p.layout,
+            p.normalization.mean,
+            p.normalization.std,
+            p.tile_bytes,
+            wire,
+            channels,
+            p.resume.todo if p.resume is not None else None,
         )
         for p in plans
+        if len(p.todo)
     ]
     source = TileDatasource(scenes, cfg.inference.batch, cfg.inference.task_mb * 2**20)
-    blocks = sum(math.ceil(len(s.grid) / source.tiles_per_task(s)) for s in scenes)
+    blocks = sum(math.ceil(s.tiles / source.tiles_per_task(s)) for s in scenes)
     restarts = cfg.inference.max_restarts
     with warnings.catch_warnings():
         # Ray 2.60 deprecates every way to bound an actor pool's restarts (ray_remote_args and
@@ -306,23 +343,28 @@ def run_plans(
     device = str(cfg.inference.device or ("cuda" if ray.cluster_resources().get("GPU") else "cpu"))
     scenes = {p.scene: _Scene(p, str(cfg.tiling.blend)) for p in plans}
     done_tiles = 0
-    total = sum(len(p.grid) for p in plans)
+    total = sum(len(p.todo) for p in plans)
 
     def where() -> str:
         return f"{done_tiles} of {total} tiles done; missing {_pending(list(scenes.values()))}"
 
-    ds = _dataset(plans, cfg, model, device)
     label = plans[0].src.name if len(plans) == 1 else f"{len(plans)} scenes"
     try:
+        for s in scenes.values():
+            if not len(s.plan.todo):  # a killed run's journal holds every block: publish from it
+                _route_scene(s, _no_rows(), t0)
+                if on_result is not None and (s.output or s.failure) is not None:
+                    on_result(s.plan, s.output if s.output is not None else s.failure)  # type: ignore[arg-type]
+        ds = _dataset([s.plan for s in scenes.values() if len(s.plan.todo)], cfg, model, device) if total else None
         with tqdm(total=total, unit="tile", desc=label, disable=not progress, smoothing=0.1) as bar:
-            for batch in _batches(ds, cfg.inference.stall_timeout, where):
+            for batch in _batches(ds, cfg.inference.stall_timeout, where) if ds is not None else ():
                 tiles = _route(batch, scenes, t0, on_result)
                 done_tiles += tiles
                 bar.update(tiles)
     except BaseException as e:
         for s in scenes.values():
-            if not s.closed:
-                s.abort()
+            if not s.closed:  # an interrupt keeps the journals, so a later run resumes inside the scene
+                s.abort(keep_journal=not isinstance(e, Exception))
         if isinstance(e, PipelineStalledError) and started_here():
             shutdown()  # the stuck actors and tasks go with the Ray this run started
         if _is_actor_death(e) and not isinstance(e, TilingError):
@@ -361,6 +403,11 @@ def _route(
     return tiles
 
 
+def _no_rows() -> dict[str, np.ndarray]:
+    """The rows of no tile: what a scene whose every block was resumed receives."""
+    return {"index": np.zeros(0, np.int64), "error": np.zeros(0, object), "internal": np.zeros(0, bool)}
+
+
 def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
     errors = np.flatnonzero(rows["error"] != "")
     if errors.size:
@@ -370,7 +417,7 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             scene.failure = SceneFailure(TilingError(str(rows["error"][first])), bool(rows["internal"][first]))
         keep = rows["error"] == ""
         rows = {k: v[keep] for k, v in rows.items()}
-    if scene.failure is not None or not len(rows["index"]):
+    if scene.failure is not None or (not len(rows["index"]) and len(scene.plan.todo)):
         return len(rows["index"])  # tiles of a scene that already failed
     try:
         if scene.sink is None or scene.stitcher is None:
@@ -379,18 +426,21 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             sink, stitcher = scene.sink, scene.stitcher
         if not scene.precision and len(rows["precision"]):
             scene.precision = str(rows["precision"][0])
-        scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
-        for i, index in enumerate(rows["index"]):
-            stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
+        if len(rows["index"]):
+            scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
+            for i, index in enumerate(rows["index"]):
+                stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
         if stitcher.done:
             stitcher.close()
             published = sink.finalize()
             now = time.perf_counter()
             scene.output = SceneOutput(
-                published, len(scene.plan.grid), stitcher.skipped, now - t0, (scene.first or now) - t0,
-                stitcher.peak_open_bytes, stitcher.spills, scene.precision,
+                published, len(scene.plan.grid), stitcher.skipped - scene.resumed, now - t0,
+                (scene.first or now) - t0, stitcher.peak_open_bytes, stitcher.spills, scene.precision, scene.resumed,
             )  # fmt: skip
             scene.closed = True
+            if scene.journal is not None:
+                scene.journal.remove()
     except TilingError as e:
         scene.abort()
         scene.failure = SceneFailure(e)

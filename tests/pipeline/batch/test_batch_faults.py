@@ -1,5 +1,6 @@
-"""A batch driver killed with SIGKILL mid-run: the next run finishes the job, leaves no temporary file,
-and every mask is byte-identical to one from a run that was never killed."""
+"""A batch driver killed with SIGKILL mid-run, in the middle of a scene: the next run skips the scenes
+that were done, resumes the interrupted one from its journal (only the tiles of missing blocks run),
+leaves no temporary file, and every mask is byte-identical to one from a run that was never killed."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 from models import Normalization
 from pipeline.batch import EXIT_OK
 from pipeline.cli import cli
+from pipeline.infer.journal import count_records
 from tests.conftest import write_scene
 from tests.support.models import Slow, pointwise
 
@@ -44,20 +46,28 @@ def done(out: Path) -> list[str]:
     return [r["src"] for r in records if r["status"] == "done"]
 
 
+def journaled(out: Path) -> int:
+    """Blocks in the journals under ``out``."""
+    return sum(count_records(p) for p in out.glob(".*.journal"))
+
+
 def test_a_killed_batch_is_finished_by_the_next_run_with_identical_masks(ray_session, tmp_path) -> None:
     archive, out = tmp_path / "archive", tmp_path / "masks"
     archive.mkdir()
     out.mkdir()
     rng = np.random.default_rng(7)
-    scenes = [write_scene(archive / f"s{i}.tif", rng.integers(1, 255, (3, 96, 96), np.uint8)) for i in range(4)]
+    sides = (96, 768, 96)  # the middle one: 256 tiles of 64 px, 9 output blocks of 256 px
+    scenes = [
+        write_scene(archive / f"s{i}.tif", rng.integers(1, 255, (3, n, n), np.uint8)) for i, n in enumerate(sides)
+    ]
     script = textwrap.dedent(f"""
         from models import Normalization
         from pipeline.batch import run_batch
         from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
         from tests.support.models import Slow, pointwise
-        cfg = PipelineConfig(TilingConfig(tile=32), ModelConfig(classes=2, precision="fp32"),
-                             InferenceConfig(batch=2), RayConfig(num_cpus=2))
-        run_batch([{str(archive)!r}], {str(out)!r}, cfg, model=Slow(pointwise(), 0.3),
+        cfg = PipelineConfig(TilingConfig(tile=64), ModelConfig(classes=2, precision="fp32"),
+                             InferenceConfig(batch=4), RayConfig(num_cpus=2))
+        run_batch([{str(archive)!r}], {str(out)!r}, cfg, model=Slow(pointwise(), 0.1),
                   normalization=Normalization((128.0,) * 3, (64.0,) * 3), progress=False)
     """)
     run = subprocess.Popen(
@@ -65,14 +75,15 @@ def test_a_killed_batch_is_finished_by_the_next_run_with_identical_masks(ray_ses
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 240
-    while not (done(out) and [p for p in temporaries(out) if p.parent == out]) and time.monotonic() < deadline:
+    while journaled(out) < 3 and time.monotonic() < deadline:
         assert run.poll() is None, run.communicate()[0][-3000:]
         time.sleep(0.2)
     run.send_signal(signal.SIGKILL)
     run.communicate(timeout=60)
     finished = done(out)
-    assert 0 < len(finished) < len(scenes), "killed in the middle"
-    assert temporaries(out), "the killed run left its temporary files"
+    assert [Path(f).name for f in finished] == ["s0.tif"], "killed in the middle of s1"
+    blocks = journaled(out)
+    assert 3 <= blocks < 9 and temporaries(out), "the killed run left its journal and temporary files"
 
     # the re-run also segments untouched copies of every scene: the masks of a run never killed
     clean = tmp_path / "clean"
@@ -81,14 +92,17 @@ def test_a_killed_batch_is_finished_by_the_next_run_with_identical_masks(ray_ses
         shutil.copyfile(s, clean / f"c{s.name}")
     result = CliRunner().invoke(
         cli,
-        ["batch", str(archive), str(clean), "--out", str(out), "--tile", "32", "--batch", "2", "--classes", "2",
+        ["batch", str(archive), str(clean), "--out", str(out), "--tile", "64", "--batch", "4", "--classes", "2",
          "--precision", "fp32", "--no-progress"],
         obj={"model": Slow(pointwise(), 0.0), "normalization": NORM}, catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == EXIT_OK, result.output
     report = json.loads((out / ".tilewise" / "runs" / "latest.json").read_text())
     status = {Path(s["src"]).name: s["status"] for s in report["scenes"]}
-    assert [n for n, s in status.items() if s == "skipped"] == [Path(f).name for f in sorted(finished)]
+    assert [n for n, s in status.items() if s == "skipped"] == ["s0.tif"]
+    resumed = {Path(s["src"]).name: s["resumed_tiles"] for s in report["scenes"]}
+    assert resumed["cs1.tif"] == 0 and 0 < resumed["s1.tif"] < 256, resumed
+    assert f"{resumed['s1.tif']} tiles resumed from a killed run" in result.output
     assert temporaries(out) == [], "no temporary file is left anywhere under --out"
     for s in scenes:
         mask = out / f"{s.stem}_mask.tif"
