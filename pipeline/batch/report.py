@@ -104,9 +104,9 @@ class BatchReport:
         lines += [f"FAILED {s.src}: {s.error}" for s in self.scenes if s.status == Status.FAILED.value]
         return "\n".join(lines)
 
-    def write(self) -> tuple[Path, Path]:
-        """Write the report as JSON and text under ``<out>/.tilewise/runs/`` (atomically), and as ``latest``."""
-        folder = Path(self.out) / STATE_DIR / "runs"
+    def write(self, folder: Path | None = None) -> tuple[Path, Path]:
+        """Write the report as JSON and text under ``<folder or out>/.tilewise/runs/`` (atomically), and as ``latest``."""
+        folder = Path(folder or self.out) / STATE_DIR / "runs"
         folder.mkdir(parents=True, exist_ok=True)
         stamp = self.started.replace(":", "").replace("+0000", "Z")
         stamp = f"{stamp}-{os.getpid()}"

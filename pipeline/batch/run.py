@@ -14,6 +14,8 @@ fresh pass. A report (:mod:`pipeline.batch.report`) says what happened.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from models import ModelError, Normalization
 from pipeline.batch.report import BatchReport, SceneReport
 from pipeline.batch.sources import SceneEntry, discover
 from pipeline.batch.state import (
+    STATE_DIR,
     SceneRecord,
     Status,
     canonical,
@@ -37,6 +40,7 @@ from pipeline.batch.state import (
     record_path,
     write_record,
 )
+from pipeline.batch.storage import S3, gdal_path, is_url
 from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
@@ -84,6 +88,8 @@ class _Batch:
         self, out: Path, cfg: PipelineConfig, model: torch.nn.Module | None, norm: Normalization | None, bar: Any
     ) -> None:
         self.out, self.cfg, self.model, self.norm, self.bar = out, cfg, model, norm, bar
+        self.remote: str | None = None  # an s3:// --out: ``out`` is then the local staging folder
+        self.s3: S3 | None = None
         self.model_fp = model_fingerprint(cfg, model)
         self.pending: dict[Path, _Pending] = {}
 
@@ -96,7 +102,7 @@ class _Batch:
             report.scenes.append(line)
             try:
                 cfg = _scene_config(self.cfg, entry.options)
-                mask = mask_path_for(entry.src, self.out, cfg.output_format)
+                mask = mask_path_for(gdal_path(entry.src), self.out, cfg.output_format)
                 line.mask = str(mask)
                 if mask in claimed:
                     raise ConfigError(
@@ -107,7 +113,7 @@ class _Batch:
                 fp = input_fingerprint(entry.src)
                 params = params_of(cfg, self.norm)
                 record = read_record(record_path(self.out, mask))
-                if record is not None and record.matches(fp, self.model_fp, params):
+                if record is not None and record.matches(fp, self.model_fp, params, self.exists):
                     line.status, line.tiles = Status.SKIPPED.value, record.tiles
                     self.bar.update(1)
                     continue
@@ -120,15 +126,41 @@ class _Batch:
                 self.bar.update(1)
         return todo
 
-    def record(self, p: _Pending, status: Status, error: str = "", outputs: Sequence[Path] = (), **timing: Any) -> None:
-        """Write ``p``'s state record."""
+    def exists(self, output: str) -> bool:
+        """Whether a recorded output is there (an object, with an s3:// --out)."""
+        if is_url(output):
+            return self.s3 is not None and self.s3.head(output) is not None
+        return Path(output).exists()
+
+    def url(self, path: Path) -> str:
+        """Where a staged file goes with an s3:// --out."""
+        assert self.remote is not None
+        return f"{self.remote.rstrip('/')}/{path.relative_to(self.out).as_posix()}"
+
+    def record(self, p: _Pending, status: Status, error: str = "", outputs: Sequence[str] = (), **timing: Any) -> None:
+        """Write ``p``'s state record (and upload it, with an s3:// --out)."""
+        path = record_path(self.out, p.mask)
+        mask = self.url(p.mask) if self.remote else str(p.mask)
         write_record(
-            record_path(self.out, p.mask),
+            path,
             SceneRecord(
-                p.entry.src, str(p.mask), tuple(map(str, outputs)), p.input, self.model_fp, p.params, status.value,
+                p.entry.src, mask, tuple(outputs), p.input, self.model_fp, p.params, status.value,
                 error, p.attempts + p.report.attempts, **timing,
             ),
         )  # fmt: skip
+        if self.s3 is not None:
+            self.s3.upload(path, self.url(path))
+
+    def publish(self, published: Sequence[Path]) -> list[str]:
+        """Where the outputs are for good: uploaded and removed from the stage with an s3:// --out."""
+        if self.s3 is None:
+            return [str(p) for p in published]
+        urls = []
+        for path in published:
+            urls.append(self.url(path))
+            self.s3.upload(path, urls[-1])
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return urls
 
     def fail(self, p: _Pending, error: BaseException | str, internal: bool = False) -> None:
         """Mark ``p`` failed, in the report and its record."""
@@ -143,7 +175,7 @@ class _Batch:
         for p in todo:
             p.report.attempts += 1
             try:
-                plan = plan_scene(len(plans), p.entry.src, p.mask, p.cfg, self.norm, self.model)
+                plan = plan_scene(len(plans), gdal_path(p.entry.src), p.mask, p.cfg, self.norm, self.model)
                 check_outputs([plan], self.cfg.overwrite or p.ours)
                 if plans and plan.channels != plans[0].channels:
                     raise ConfigError(
@@ -171,10 +203,15 @@ class _Batch:
         p.report.status, p.report.error, p.report.internal = Status.DONE.value, "", False
         p.report.tiles, p.report.seconds = result.tiles, round(result.seconds, 3)
         p.report.resumed_tiles = result.resumed
+        try:
+            outputs = self.publish(result.published)
+        except Exception as e:  # an upload that failed: the scene is not done
+            self.fail(p, f"{p.entry.src}: uploading the mask failed ({_one_line(e)})")
+            return
+        p.report.mask = outputs[0]
         self.record(
-            p, Status.DONE, outputs=result.published, tiles=result.tiles, resumed_tiles=result.resumed,
-            seconds=result.seconds,
-        )  # fmt: skip
+            p, Status.DONE, outputs=outputs, tiles=result.tiles, resumed_tiles=result.resumed, seconds=result.seconds
+        )
         self.bar.update(1)
 
 
@@ -207,16 +244,33 @@ def run_batch(
         ConfigError: if ``out_dir`` is not a folder, or a source cannot be listed.
     """
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    remote = str(out_dir) if is_url(out_dir) else None
+    if remote is not None:
+        stage = Path(tempfile.mkdtemp(prefix="tilewise-stage-"))
+        try:
+            return _run(sources, stage, config, retries, model, normalization, progress, t0, remote)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return _run(sources, Path(out_dir), config, retries, model, normalization, progress, t0, None)
+
+
+def _run(
+    sources: Sequence[str | Path], out: Path, config: PipelineConfig | None, retries: int,
+    model: torch.nn.Module | None, normalization: Normalization | None, progress: bool, t0: float, remote: str | None,
+) -> BatchReport:  # fmt: skip
     if not out.is_dir():
         raise ConfigError(f"{out}: --out must be an existing folder for the masks and the batch's records")
     if retries < 0:
         raise ConfigError(f"retries: must be 0 or more, got {retries!r}")
     cfg, trained = apply_export((config or PipelineConfig()).validate())
     entries = discover(sources, out)
-    report = BatchReport(str(out))
+    report = BatchReport(remote or str(out))
     with tqdm(total=len(entries), unit="scene", desc="scenes", disable=not progress, position=0) as bar:
         batch = _Batch(out, cfg, model, normalization or trained, bar)
+        if remote is not None:
+            batch.remote, batch.s3 = remote, S3()
+            for url in batch.s3.list(f"{remote.rstrip('/')}/{STATE_DIR}/state/"):
+                batch.s3.download(url, out / STATE_DIR / "state" / url.rsplit("/", 1)[-1])
         report.model = batch.model_fp
         todo = batch.triage(entries, report)
         try:
@@ -240,7 +294,11 @@ def run_batch(
             batch.pending.clear()
         bar.update(len(entries) - bar.n)  # the failed scenes
     report.seconds = round(time.perf_counter() - t0, 3)
-    report.write()
+    files = report.write(Path(out))
+    if batch.s3 is not None:
+        for path in files:
+            for name in (path.name, f"latest{path.suffix}"):
+                batch.s3.upload(path.parent / name, batch.url(path.parent / name))
     return report
 
 

@@ -3,7 +3,8 @@
 A folder is an archive: it gives its image files (the suffixes of the formats tilewise reads,
 or a DICOM preamble), its Zarr stores and its DICOM series folders, in name
 order, skipping hidden entries and the output folder. A glob gives what it
-matches (``**`` recurses). A manifest is a CSV file with a ``path`` column,
+matches (``**`` recurses). An ``s3://`` URL is one scene; one ending in
+``/``, or with a glob pattern, lists the image files under it. A manifest is a CSV file with a ``path`` column,
 or JSON lines (``.jsonl``/``.ndjson``) of objects with a ``path`` key; its
 other columns or keys are per-scene reader options (``bands``, ``series``,
 ``level``, ``window``, ``complex``, ``allow_drivers``), and relative paths
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.batch.storage import S3, is_url
 from tiling.errors import ConfigError
 from tiling.formats import all_formats
 
@@ -140,6 +142,11 @@ def _manifest(path: Path) -> list[SceneEntry]:
 
 
 def _expand(source: str, out_dir: Path) -> list[SceneEntry]:
+    if is_url(source):
+        if not (source.endswith("/") or glob.has_magic(source)):
+            return [SceneEntry(source)]
+        suffixes = _image_suffixes()
+        return [SceneEntry(u) for u in S3().list(source) if Path(u).suffix.lower() in suffixes]
     if "://" in source:
         return [SceneEntry(source)]
     path = Path(source)

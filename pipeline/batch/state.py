@@ -10,8 +10,8 @@ The input fingerprint is the size, modification time and resolved path of
 every file of the scene (a GeoTIFF is one file, a Zarr store or a DICOM
 series many), not a hash of the content: hashing a terabyte archive would
 cost as much as segmenting it, and a changed scene changes its size or
-modification time (``touch`` counts as a change). URLs are fingerprinted by
-the URL alone.
+modification time (``touch`` counts as a change). An ``s3://`` object is
+fingerprinted by its URL, size, ETag and modification time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from pipeline.batch.storage import S3, is_url
 from pipeline.config import PipelineConfig
 from tiling.formats.base import stale_temp_files, temp_name
 
@@ -93,14 +94,20 @@ class SceneRecord:
     seconds: float = 0.0
     finished: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
 
-    def matches(self, input: Mapping[str, Any], model: str, params: Mapping[str, Any]) -> bool:
+    def matches(
+        self,
+        input: Mapping[str, Any],
+        model: str,
+        params: Mapping[str, Any],
+        exists: Callable[[str], bool] = lambda p: Path(p).exists(),
+    ) -> bool:
         """Whether this record is a finished run of the same input, model and parameters, outputs in place."""
         return (
             self.status == Status.DONE.value
             and dict(self.input) == dict(input)
             and self.model == model
             and canonical(self.params) == canonical(params)
-            and all(Path(p).exists() for p in self.outputs)
+            and all(exists(p) for p in self.outputs)
         )
 
 
@@ -125,6 +132,11 @@ def input_fingerprint(src: str) -> dict[str, Any]:
     Raises:
         OSError: if the scene is missing.
     """
+    if is_url(src):
+        head = S3().head(src)
+        if head is None:
+            raise FileNotFoundError(f"{src}: no such object")
+        return head
     if "://" in src:
         return {"url": src}
     path = Path(src).resolve()

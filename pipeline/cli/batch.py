@@ -20,8 +20,8 @@ _PRODUCT_FLAGS = {"products__vector": "--vector", "products__quicklook": "--quic
 @click.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option(
-    "--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-    help="Folder for the masks, the state records and the run reports (created if missing).",
+    "--out", "-o", required=True,
+    help="Folder (or s3:// URL) for the masks, the state records and the run reports (created if missing).",
 )  # fmt: skip
 @click.option(
     "--retries", type=click.IntRange(min=0), default=1, show_default=True,
@@ -36,7 +36,8 @@ def batch(
     """Segment every scene SOURCES list into OUT, skipping those already done.
 
     SOURCES are folders (every image file, Zarr store and DICOM series folder
-    in them), globs ('archive/**/*.tif', quoted) or manifests: a CSV with a
+    in them), globs ('archive/**/*.tif', quoted), s3:// URLs (a prefix ending
+    in / or a glob lists its images; read through GDAL) or manifests: a CSV with a
     'path' column, or JSON lines like {"path": "a.tif", "bands": [4, 3, 2]};
     other columns are per-scene reader options (bands, series, level,
     window, complex, allow_drivers). Formats may be mixed; each mask is
@@ -52,6 +53,7 @@ def batch(
     each with its reason), 1 the run itself failed.
     """
     from pipeline.batch import run_batch
+    from pipeline.batch.storage import is_url
     from pipeline.cli.infer import Terminated, _catch_sigterm
     from pipeline.infer import USER_ERRORS
     from pipeline.ray_env import start_ray
@@ -65,7 +67,8 @@ def batch(
     try:
         start_ray(values.get("ray__address"), values.get("ray__num_cpus"))  # starts while scenes are listed
         cfg: PipelineConfig = build_config(values).validate()
-        out.mkdir(parents=True, exist_ok=True)
+        if not is_url(out):
+            Path(out).mkdir(parents=True, exist_ok=True)
         report = run_batch(
             list(sources), out, cfg, retries, model=embedded.get("model"),
             normalization=embedded.get("normalization"), progress=progress,

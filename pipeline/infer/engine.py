@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -282,6 +283,9 @@ def _dataset(plans: Sequence[ScenePlan], cfg: PipelineConfig, model: torch.nn.Mo
         if len(p.todo)
     ]
     source = TileDatasource(scenes, cfg.inference.batch, cfg.inference.task_mb * 2**20)
+    if any(str(p.spec.path).startswith("/vsi") for p in plans):  # readers reach object storage as this process does
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GDAL_", "CPL_", "VSI_"))}
+        read_args = {**read_args, "runtime_env": {"env_vars": env}}
     blocks = sum(math.ceil(s.tiles / source.tiles_per_task(s)) for s in scenes)
     restarts = cfg.inference.max_restarts
     with warnings.catch_warnings():
