@@ -193,6 +193,12 @@ class InferenceConfig:
     # stood; 0 waits forever. A 512 px ResNet-101 batch takes well under a
     # minute even on a small CPU, so 10 minutes means something is stuck.
     stall_timeout: float = 600.0
+    # GPUs each model actor holds: 1 gives every actor a card; 0.5 packs two
+    # actors per card, worth it when one actor leaves the GPU idle while it waits for tiles.
+    gpus_per_actor: float = 1.0
+    # Read tasks running at once; None lets Ray Data scale them with the free CPUs
+    # (and its backpressure), a number caps them, e.g. to spare a shared file server.
+    readers: int | None = None
 
     def validate(self) -> InferenceConfig:
         """Check the values.
@@ -200,12 +206,14 @@ class InferenceConfig:
         Raises:
             ConfigError: naming the first invalid field.
         """
-        for name in ("batch", "actors", "task_mb", "inflight_mb"):
+        for name in ("batch", "actors", "task_mb", "inflight_mb", "readers"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
         if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise ConfigError(f"max_restarts: must be 0 or more, got {self.max_restarts!r}")
+        if not (isinstance(self.gpus_per_actor, (int, float)) and 0 < self.gpus_per_actor <= 8):
+            raise ConfigError(f"gpus_per_actor: must be a number in (0, 8], got {self.gpus_per_actor!r}")
         if not (isinstance(self.stall_timeout, (int, float)) and self.stall_timeout >= 0):
             raise ConfigError(
                 f"stall_timeout: must be 0 (wait forever) or a number of seconds, got {self.stall_timeout!r}"

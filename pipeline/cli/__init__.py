@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.cli.batch import batch
 from pipeline.cli.common import setup_logging
 from pipeline.cli.compare import compare
 from pipeline.cli.demo import demo
@@ -29,6 +30,7 @@ def cli(verbose: int, quiet: int) -> None:
 
 
 cli.add_command(infer)
+cli.add_command(batch)
 cli.add_command(demo)
 cli.add_command(train)
 cli.add_command(evaluate)

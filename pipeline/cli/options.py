@@ -102,6 +102,7 @@ class Flag:
         convert: turns the parsed string into the field's value (e.g. a CSV into a tuple).
         is_flag: a boolean switch.
         envvar: an environment variable that sets it too.
+        aliases: other names of the same flag (``--num-workers`` for ``--actors``).
     """
 
     name: str
@@ -112,6 +113,7 @@ class Flag:
     convert: Callable[[Any], Any] | None = None
     is_flag: bool = False
     envvar: str | None = None
+    aliases: tuple[str, ...] = ()
 
     def default(self, schema: Mapping[str | None, type] = SECTIONS) -> Any:
         """The field's default in its config dataclass, as the flag shows it (enums by value)."""
@@ -139,7 +141,7 @@ class Flag:
             kwargs.update(type=self.type, default=default, show_default=default is not None)
             if self.convert is not None and default is not None and not isinstance(default, str):
                 kwargs["default"] = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
-        return click.option(self.name, self.dest, **kwargs)
+        return click.option(self.name, *self.aliases, self.dest, **kwargs)
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -157,7 +159,28 @@ FLAGS: tuple[Flag, ...] = (
         int,
     ),
     Flag("--batch", "inference", "batch", "Tiles per forward pass.", int),
-    Flag("--actors", "inference", "actors", "Model replicas (default: one per GPU, else one).", int),
+    Flag(
+        "--actors",
+        "inference",
+        "actors",
+        "Model replicas, the inference workers (default: one per GPU, else one).",
+        int,
+        aliases=("--num-workers",),
+    ),
+    Flag(
+        "--gpus-per-worker",
+        "inference",
+        "gpus_per_actor",
+        "GPUs each model actor holds on a GPU cluster; 0.5 packs two actors per card.",
+        float,
+    ),
+    Flag(
+        "--readers",
+        "inference",
+        "readers",
+        "Read tasks at once (CPU readers); default: as many as Ray Data schedules on the free CPUs.",
+        int,
+    ),
     Flag(
         "--max-restarts",
         "inference",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -64,6 +64,12 @@ class SceneTiles:
     tile_bytes: int
     dtype: str = "float32"  # the run's wire dtype: every scene's pixels fit it
     channels: int = 1
+    todo: np.ndarray | None = None  # (n,) the tiles to read when resuming; None = all of them
+
+    @property
+    def tiles(self) -> int:
+        """How many tiles are read."""
+        return len(self.grid) if self.todo is None else len(self.todo)
 
     def error_row(self, message: str, internal: bool) -> dict[str, np.ndarray]:
         """One row that stands for this scene's failure, with the columns of a tile."""
@@ -81,8 +87,10 @@ class SceneTiles:
         }
 
 
-def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[dict[str, np.ndarray]]:
-    """Read tiles ``start:stop`` of a scene and yield batches of at most ``rows`` tiles.
+def read_tiles(
+    tiles: SceneTiles, start: int, stop: int, rows: int, indices: np.ndarray | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read tiles ``start:stop`` of a scene (or the tiles ``indices``) and yield batches of at most ``rows`` tiles.
 
     Each batch holds ``scene`` (n,) int32, ``index`` (n,) int64 tile numbers,
     ``image`` (n, C', t, t) in the source dtype (float32 after intensity
@@ -98,8 +106,9 @@ def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[
         with tiles.spec.open() as source:
             mean = np.asarray(tiles.mean, np.float32)
             std = np.asarray(tiles.std, np.float32)
-            for first in range(start, stop, rows):
-                idx = np.arange(first, min(first + rows, stop), dtype=np.int64)
+            wanted = np.arange(start, stop, dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+            for first in range(0, len(wanted), rows):
+                idx = wanted[first : first + rows]
                 reads = [tiles.layout.read(source, tiles.grid.window(int(i))) for i in idx]
                 valid = np.stack([v for _, v in reads])
                 n = len(idx)
@@ -124,8 +133,10 @@ def read_tiles(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[
         yield tiles.error_row(message, internal)
 
 
-def _read_blocks(tiles: SceneTiles, start: int, stop: int, rows: int) -> Iterator[Block]:
-    for batch in read_tiles(tiles, start, stop, rows):
+def _read_blocks(
+    tiles: SceneTiles, start: int, stop: int, rows: int, indices: np.ndarray | None = None
+) -> Iterator[Block]:
+    for batch in read_tiles(tiles, start, stop, rows, indices):
         yield BlockAccessor.batch_to_block(batch)
 
 
@@ -157,7 +168,7 @@ class TileDatasource(Datasource):
 
     def estimate_inmemory_data_size(self) -> int:
         """Bytes of every tile with its valid mask."""
-        return sum(t.tile_bytes * len(t.grid) for t in self.scenes)
+        return sum(t.tile_bytes * t.tiles for t in self.scenes)
 
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
@@ -166,13 +177,15 @@ class TileDatasource(Datasource):
         tasks = []
         for tiles in self.scenes:
             step = self.tiles_per_task(tiles)
-            total = len(tiles.grid)
+            todo, tiles = tiles.todo, replace(tiles, todo=None)  # each task carries its own tiles only
+            total = tiles.tiles if todo is None else len(todo)
             for start in range(0, total, step):
                 stop = min(start + step, total)
                 meta = BlockMetadata(
                     num_rows=stop - start, size_bytes=tiles.tile_bytes * (stop - start), exec_stats=None,
                     input_files=None,
                 )  # fmt: skip
-                fn = partial(_read_blocks, tiles, start, stop, self.rows_per_block)
+                chunk = None if todo is None else todo[start:stop]
+                fn = partial(_read_blocks, tiles, start, stop, self.rows_per_block, chunk)
                 tasks.append(ReadTask(fn, meta, per_task_row_limit=per_task_row_limit))
         return tasks

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,12 +36,13 @@ from tqdm.auto import tqdm
 
 from pipeline.config import PipelineConfig
 from pipeline.infer.datasource import SceneTiles, TileDatasource
+from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, JournaledSink
 from pipeline.infer.plan import ScenePlan
 from pipeline.infer.predict import PredictUDF
 from pipeline.ray_env import ensure_ray, shutdown, started_here
 from tiling.core import Stitcher
 from tiling.errors import ConfigError, TilingError
-from tiling.formats.base import Sink
+from tiling.formats.base import Sink, temp_name
 
 __all__ = ["PipelineStalledError", "SceneFailure", "SceneOutput", "WorkerDiedError", "run_plans"]
 
@@ -68,6 +70,7 @@ class SceneOutput:
         stitch_peak_bytes: the largest accumulator memory its stitcher held.
         stitch_spills: accumulator blocks spilled to disk.
         precision: the forward pass's precision where the model ran (what ``auto`` became).
+        resumed: tiles not run because a killed run's journal held their blocks.
     """
 
     published: tuple[Path, ...]
@@ -78,6 +81,7 @@ class SceneOutput:
     stitch_peak_bytes: int
     stitch_spills: int
     precision: str = ""
+    resumed: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,23 +110,47 @@ class _Scene:
     failure: SceneFailure | None = None
     output: SceneOutput | None = None
     closed: bool = False
+    journal: BlockJournal | None = None
+
+    @property
+    def resumed(self) -> int:
+        """Tiles a killed run's journal spares this run."""
+        return self.plan.resume.skipped(len(self.plan.grid)) if self.plan.resume is not None else 0
 
     def open(self) -> tuple[Sink, Stitcher]:
-        """Open the scene's sink and a stitcher that finishes the sink's blocks."""
+        """Open the scene's sink and a stitcher that finishes the sink's blocks.
+
+        A journaled scene records each block; a resumed one first writes the
+        blocks its journal holds and counts the tiles it spares as added.
+        """
         sink = self.sink = self.plan.open_sink()
+        writer: Any = sink
+        if self.plan.journal:
+            resume = self.plan.resume
+            self.journal = BlockJournal(resume.journal if resume else temp_name(self.plan.out, JOURNAL_SUFFIX))
+            if resume is not None:
+                self.journal.replay(sink)
+            writer = JournaledSink(sink, self.journal, resume.blocks if resume else frozenset())
         self.stitcher = Stitcher(
-            self.plan.grid, len(self.plan.request.class_names), self.blend, sink, sink.block,
+            self.plan.grid, len(self.plan.request.class_names), self.blend, writer, sink.block,
             self.plan.request.save_probs, qa=self.plan.request.qa,
         )  # fmt: skip
+        if self.plan.resume is not None:
+            spared = np.ones(len(self.plan.grid), bool)
+            spared[self.plan.resume.todo] = False
+            for index in np.flatnonzero(spared):
+                self.stitcher.add(int(index), None, None)
         self.first = time.perf_counter()
         return sink, self.stitcher
 
-    def abort(self) -> None:
-        """Remove everything the scene wrote so far."""
+    def abort(self, keep_journal: bool = False) -> None:
+        """Remove everything the scene wrote so far (but its journal, when a later run may resume it)."""
         if self.sink is not None:
             self.sink.abort()
         if self.stitcher is not None:
             self.stitcher.discard()
+        if self.journal is not None:
+            self.journal.close() if keep_journal else self.journal.remove()
         self.closed = True
 
 
@@ -138,10 +166,11 @@ def _resources(cfg: PipelineConfig, device: str) -> tuple[int, dict[str, Any], d
         gpus = int(resources.get("GPU", 0))
         if gpus < 1:
             raise ConfigError(f"device: {device} was asked for, but the Ray cluster has no GPU; use --device cpu")
-        actors = cfg.inference.actors or gpus
+        share = cfg.inference.gpus_per_actor
+        actors = cfg.inference.actors or max(1, int(gpus / share))
         if cpus < actors + 1:
             raise ConfigError(f"the Ray cluster has {cpus:g} CPUs; {actors} GPU actors and a reader need {actors + 1}")
-        return actors, {"num_gpus": 1, "num_cpus": 1}, {"num_cpus": 1}, 2
+        return actors, {"num_gpus": share, "num_cpus": 1}, {"num_cpus": 1}, 2
     actors = cfg.inference.actors or 1
     # Each actor reserves a CPU and read tasks need one beside it; on a machine
     # too small for that, both take half a CPU, so a one-CPU container still
@@ -239,18 +268,34 @@ def _dataset(plans: Sequence[ScenePlan], cfg: PipelineConfig, model: torch.nn.Mo
     wire = np.result_type(*(p.dtype for p in plans)).name  # every scene's pixels fit it
     scenes = [
         SceneTiles(
-            p.scene, p.spec, p.grid, p.layout, p.normalization.mean, p.normalization.std, p.tile_bytes, wire, channels
+            p.scene,
+            p.spec,
+            p.grid,
+            p.layout,
+            p.normalization.mean,
+            p.normalization.std,
+            p.tile_bytes,
+            wire,
+            channels,
+            p.resume.todo if p.resume is not None else None,
         )
         for p in plans
+        if len(p.todo)
     ]
     source = TileDatasource(scenes, cfg.inference.batch, cfg.inference.task_mb * 2**20)
-    blocks = sum(math.ceil(len(s.grid) / source.tiles_per_task(s)) for s in scenes)
+    if any(str(p.spec.path).startswith("/vsi") for p in plans):  # readers reach object storage as this process does
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GDAL_", "CPL_", "VSI_"))}
+        read_args = {**read_args, "runtime_env": {"env_vars": env}}
+    blocks = sum(math.ceil(s.tiles / source.tiles_per_task(s)) for s in scenes)
     restarts = cfg.inference.max_restarts
     with warnings.catch_warnings():
         # Ray 2.60 deprecates every way to bound an actor pool's restarts (ray_remote_args and
         # ray_remote_args_fn) without a replacement yet; the default is to restart forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        return _map(ray.data.read_datasource(source, override_num_blocks=blocks, **read_args), cfg, model, device,
+        read = ray.data.read_datasource(
+            source, override_num_blocks=blocks, concurrency=cfg.inference.readers, **read_args
+        )
+        return _map(read, cfg, model, device,
                     channels, actors, actor_args, threads, restarts)  # fmt: skip
 
 
@@ -272,8 +317,12 @@ def run_plans(
     cfg: PipelineConfig,
     model: torch.nn.Module | None = None,
     progress: bool = True,
+    on_result: Callable[[ScenePlan, SceneOutput | SceneFailure], None] | None = None,
 ) -> dict[int, SceneOutput | SceneFailure]:
     """Segment every planned scene; returns each scene's output or failure, by scene number.
+
+    ``on_result`` is called in this process as soon as a scene is published
+    or has failed (a batch records it there, so a run killed later keeps it).
 
     Raises:
         PipelineStalledError: if no tile finishes within ``cfg.inference.stall_timeout`` seconds.
@@ -298,23 +347,28 @@ def run_plans(
     device = str(cfg.inference.device or ("cuda" if ray.cluster_resources().get("GPU") else "cpu"))
     scenes = {p.scene: _Scene(p, str(cfg.tiling.blend)) for p in plans}
     done_tiles = 0
-    total = sum(len(p.grid) for p in plans)
+    total = sum(len(p.todo) for p in plans)
 
     def where() -> str:
         return f"{done_tiles} of {total} tiles done; missing {_pending(list(scenes.values()))}"
 
-    ds = _dataset(plans, cfg, model, device)
     label = plans[0].src.name if len(plans) == 1 else f"{len(plans)} scenes"
     try:
+        for s in scenes.values():
+            if not len(s.plan.todo):  # a killed run's journal holds every block: publish from it
+                _route_scene(s, _no_rows(), t0)
+                if on_result is not None and (s.output or s.failure) is not None:
+                    on_result(s.plan, s.output if s.output is not None else s.failure)  # type: ignore[arg-type]
+        ds = _dataset([s.plan for s in scenes.values() if len(s.plan.todo)], cfg, model, device) if total else None
         with tqdm(total=total, unit="tile", desc=label, disable=not progress, smoothing=0.1) as bar:
-            for batch in _batches(ds, cfg.inference.stall_timeout, where):
-                tiles = _route(batch, scenes, t0)
+            for batch in _batches(ds, cfg.inference.stall_timeout, where) if ds is not None else ():
+                tiles = _route(batch, scenes, t0, on_result)
                 done_tiles += tiles
                 bar.update(tiles)
     except BaseException as e:
         for s in scenes.values():
-            if not s.closed:
-                s.abort()
+            if not s.closed:  # an interrupt keeps the journals, so a later run resumes inside the scene
+                s.abort(keep_journal=not isinstance(e, Exception))
         if isinstance(e, PipelineStalledError) and started_here():
             shutdown()  # the stuck actors and tasks go with the Ray this run started
         if _is_actor_death(e) and not isinstance(e, TilingError):
@@ -328,17 +382,34 @@ def run_plans(
             missing = int((~s.stitcher.seen).sum()) if s.stitcher is not None else len(s.plan.grid)
             s.abort()
             s.failure = SceneFailure(TilingError(f"{s.plan.src}: {missing} tiles never arrived; nothing was written"))
+            if on_result is not None:
+                on_result(s.plan, s.failure)
     return {n: (s.output if s.output is not None else s.failure) for n, s in scenes.items()}  # type: ignore[misc]
 
 
-def _route(batch: dict[str, np.ndarray], scenes: dict[int, _Scene], t0: float) -> int:
+def _route(
+    batch: dict[str, np.ndarray],
+    scenes: dict[int, _Scene],
+    t0: float,
+    on_result: Callable[[ScenePlan, SceneOutput | SceneFailure], None] | None = None,
+) -> int:
     """Hand each scene its rows of a batch (a batch may span scenes); returns the tiles it held."""
     order = batch["scene"]
     tiles = 0
     for number in dict.fromkeys(int(x) for x in order):  # scenes in order of appearance
         rows = np.flatnonzero(order == number)
-        tiles += _route_scene(scenes[number], {k: v[rows] for k, v in batch.items()}, t0)
+        scene = scenes[number]
+        settled = scene.output is not None or scene.failure is not None
+        tiles += _route_scene(scene, {k: v[rows] for k, v in batch.items()}, t0)
+        result = scene.output if scene.output is not None else scene.failure
+        if on_result is not None and not settled and result is not None:
+            on_result(scene.plan, result)
     return tiles
+
+
+def _no_rows() -> dict[str, np.ndarray]:
+    """The rows of no tile: what a scene whose every block was resumed receives."""
+    return {"index": np.zeros(0, np.int64), "error": np.zeros(0, object), "internal": np.zeros(0, bool)}
 
 
 def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
@@ -350,7 +421,7 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             scene.failure = SceneFailure(TilingError(str(rows["error"][first])), bool(rows["internal"][first]))
         keep = rows["error"] == ""
         rows = {k: v[keep] for k, v in rows.items()}
-    if scene.failure is not None or not len(rows["index"]):
+    if scene.failure is not None or (not len(rows["index"]) and len(scene.plan.todo)):
         return len(rows["index"])  # tiles of a scene that already failed
     try:
         if scene.sink is None or scene.stitcher is None:
@@ -359,9 +430,10 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             sink, stitcher = scene.sink, scene.stitcher
         if not scene.precision and len(rows["precision"]):
             scene.precision = str(rows["precision"][0])
-        scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
-        for i, index in enumerate(rows["index"]):
-            stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
+        if len(rows["index"]):
+            scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
+            for i, index in enumerate(rows["index"]):
+                stitcher.add(int(index), None if rows["skip"][i] else scores[i], valid[i])
         if stitcher.done:
             stitcher.close()
             if stitcher.qa:  # seam QA: the disagreement goes with the mask
@@ -369,10 +441,12 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             published = sink.finalize()
             now = time.perf_counter()
             scene.output = SceneOutput(
-                published, len(scene.plan.grid), stitcher.skipped, now - t0, (scene.first or now) - t0,
-                stitcher.peak_open_bytes, stitcher.spills, scene.precision,
+                published, len(scene.plan.grid), stitcher.skipped - scene.resumed, now - t0,
+                (scene.first or now) - t0, stitcher.peak_open_bytes, stitcher.spills, scene.precision, scene.resumed,
             )  # fmt: skip
             scene.closed = True
+            if scene.journal is not None:
+                scene.journal.remove()
     except TilingError as e:
         scene.abort()
         scene.failure = SceneFailure(e)

@@ -20,6 +20,7 @@ import numpy as np
 
 from models import Normalization
 from pipeline.config import PipelineConfig
+from pipeline.infer.journal import Resume
 from tiling.core import TileGrid, TileLayout, sample_band_stats
 from tiling.errors import ConfigError, SinkError
 from tiling.formats import SourceSpec, get_format, open_sink, open_source, output_format, spec_of
@@ -48,6 +49,9 @@ class ScenePlan:
         itemsize: bytes per pixel per band of the source's dtype.
         dtype: the dtype the model input is read in (after intensity windowing).
         normalization: per-channel mean and std the model input is normalised with.
+        block: the sink's output block (what the stitcher finishes at a time).
+        journal: record finished blocks beside the output, so a killed run resumes inside the scene.
+        resume: what a killed run left of this scene (its journal and the tiles still to run), or None.
     """
 
     scene: int
@@ -63,6 +67,14 @@ class ScenePlan:
     itemsize: int
     normalization: Normalization
     dtype: str = "float32"
+    block: tuple[int, ...] = ()
+    journal: bool = False
+    resume: Resume | None = None
+
+    @property
+    def todo(self) -> np.ndarray:
+        """(n,) int64: the tiles to run, in plan order (all of them unless resuming)."""
+        return self.resume.todo if self.resume is not None else np.arange(len(self.grid), dtype=np.int64)
 
     @property
     def tile_bytes(self) -> int:
@@ -122,13 +134,15 @@ def plan_scene(
             source.shape, cfg.tiling.tile, cfg.tiling.overlap, cfg.tiling.edge, source.block_shape, cfg.tiling.axis
         )
         layout = _layout(source, cfg)
-        open_sink(out, source, fmt, request).abort()  # refuses what this format cannot hold, leaves nothing
+        probe = open_sink(out, source, fmt, request)  # refuses what this format cannot hold
+        block = tuple(probe.block)
+        probe.abort()  # leaves nothing
         return ScenePlan(
             scene=scene, src=src, out=out, outputs=sink_class.planned_outputs(out, request), spec=spec_of(source),
             output_format=fmt.name, request=request, grid=grid, layout=layout,
             channels=layout.channels(source.count), itemsize=source.dtype.itemsize,
             normalization=normalization or _normalization(source, layout),
-            dtype="float32" if layout.intensity is not None else source.dtype.name,
+            dtype="float32" if layout.intensity is not None else source.dtype.name, block=block,
         )  # fmt: skip
 
 

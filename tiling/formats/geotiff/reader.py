@@ -123,9 +123,11 @@ class GeoTiffSource(SourceBase):
         complex: ComplexPart | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.exists():
+        # GDAL's virtual file systems (/vsis3/, /vsicurl/...) are not on the local disk: GDAL says if they are missing
+        virtual = str(self.path).startswith("/vsi")
+        if not virtual and not self.path.exists():
             raise SourceOpenError(f"{self.path}: no such file")
-        if self.path.is_dir():
+        if not virtual and self.path.is_dir():
             raise SourceOpenError(f"{self.path}: is a folder, not a raster file")
         self._ds = _open_dataset(self.path, allow_drivers)
         try:
@@ -177,7 +179,7 @@ class GeoTiffSource(SourceBase):
         TIFF block offsets let us catch it before any work starts.
         """
         ds = self._ds
-        if ds.driver != "GTiff":
+        if ds.driver != "GTiff" or str(self.path).startswith("/vsi"):  # an object's size is not a local stat
             return
         size = os.path.getsize(self.path)
         bh, bw = self.block_shape

@@ -1,0 +1,76 @@
+"""An archive read from and written to S3 (moto's server, a real S3 protocol endpoint on localhost):
+the masks are byte-identical to a local run's, and a second run skips every scene from the records in S3."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from models import Normalization
+from pipeline.batch import EXIT_OK
+from pipeline.cli import cli
+from tests.conftest import write_scene
+from tests.support.models import pointwise
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+NORM = Normalization((128.0,) * 3, (64.0,) * 3)
+FAST = ("--tile", "64", "--batch", "8", "--precision", "fp32", "--classes", "2", "--no-progress")
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on a free port, with boto3's and GDAL's settings pointing at it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+    }  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    for bucket in ("archive", "masks"):
+        client.create_bucket(Bucket=bucket)
+    yield client
+    server.stop()
+
+
+def batch(*args: object):
+    obj = {"model": pointwise(), "normalization": NORM}
+    return CliRunner().invoke(cli, ["batch", *map(str, args), *FAST], obj=obj, catch_exceptions=False)
+
+
+def test_an_archive_in_s3_gives_the_masks_of_a_local_run(ray_session, tmp_path, s3) -> None:
+    local = tmp_path / "archive"
+    local.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        scene = write_scene(local / f"a{i}.tif", rng.integers(1, 255, (3, 80 + 16 * i, 96), np.uint8))
+        s3.upload_file(str(scene), "archive", f"scenes/{scene.name}")
+    result = batch(local, "--out", tmp_path / "masks")
+    assert result.exit_code == EXIT_OK, result.output
+
+    remote = batch("s3://archive/scenes/", "--out", "s3://masks/run")
+    assert remote.exit_code == EXIT_OK, remote.output
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="masks")["Contents"])
+    assert [k for k in keys if k.endswith("_mask.tif")] == [f"run/a{i}_mask.tif" for i in range(3)]
+    assert "run/.tilewise/runs/latest.json" in keys and "run/.tilewise/state/a0_mask.tif.json" in keys
+    for i in range(3):
+        body = s3.get_object(Bucket="masks", Key=f"run/a{i}_mask.tif")["Body"].read()
+        assert body == (tmp_path / "masks" / f"a{i}_mask.tif").read_bytes(), f"a{i}_mask.tif differs"
+    record = json.loads(s3.get_object(Bucket="masks", Key="run/.tilewise/state/a1_mask.tif.json")["Body"].read())
+    assert record["input"]["url"] == "s3://archive/scenes/a1.tif" and record["input"]["etag"]
+    assert record["mask"] == "s3://masks/run/a1_mask.tif"
+
+    again = batch("s3://archive/scenes/", "--out", "s3://masks/run")
+    assert again.exit_code == EXIT_OK and "0 segmented, 3 skipped" in again.output, again.output
