@@ -161,6 +161,22 @@ def first_conv(model: nn.Module) -> nn.Conv2d | None:
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
+def read_torch_file(path: Path, missing: str = "weights file not found", kind: str = "torch checkpoint") -> Any:
+    """Whatever ``torch.save`` wrote at ``path``, loaded safely (``weights_only=True``) on the CPU.
+
+    Raises:
+        WeightsError: ``"{path}: {missing}"`` if there is no file, or naming the
+            first line of torch's error if it is no loadable ``kind``.
+    """
+    if not path.is_file():
+        raise WeightsError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: not a loadable {kind} ({first})") from e
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from ``path`` safely (``weights_only=True``) and strip wrapper prefixes.
 
@@ -171,13 +187,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             mapping of parameter names (strings) to tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a loadable torch checkpoint ({first})") from e
+    obj = read_torch_file(path)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

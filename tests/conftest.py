@@ -3,6 +3,7 @@ and small scenes generated on the fly."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -78,3 +79,13 @@ def scene_factory(tmp_path: Path):
         return write_scene(tmp_path / f"scene_{rows}x{cols}_{bands}_{seed}.tif", data, **kw)
 
     return make
+
+
+def digest(path: Path) -> str:
+    """SHA-256 over a file, or over every file of a folder with its relative name."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()

@@ -10,7 +10,6 @@ leaves half a checkpoint; it is read back with ``weights_only=True``.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.deeplab import read_torch_file
 from models.errors import WeightsError
 
 __all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap"]
@@ -94,13 +94,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         WeightsError: if the file is missing or is not a tilewise training checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint not found; --resume takes a checkpoint.pt a run wrote")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a loadable checkpoint ({first})") from e
+    state = read_torch_file(path, "checkpoint not found; --resume takes a checkpoint.pt a run wrote", "checkpoint")
     if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "rng"} <= set(state):
         raise WeightsError(f"{path}: not a tilewise training checkpoint (no optimizer/epoch/rng state)")
     return state

@@ -9,7 +9,6 @@ what the model learned.
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.errors import WeightsError
+from models.deeplab import read_torch_file
 from models.train.checkpoint import unwrap
 
 __all__ = ["EXPORT_KEY", "ExportInfo", "export_model", "read_export"]
@@ -89,13 +88,6 @@ def read_export(path: str | Path) -> ExportInfo | None:
     Raises:
         WeightsError: if the file is missing or not a torch checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a loadable torch checkpoint ({first})") from e
+    obj = read_torch_file(Path(path))
     meta = obj.get(EXPORT_KEY) if isinstance(obj, dict) else None
     return ExportInfo.from_dict(meta) if isinstance(meta, dict) else None

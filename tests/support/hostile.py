@@ -9,7 +9,6 @@ pydicom writes them byte for byte, as a faulty scanner or tool would.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -99,13 +98,3 @@ def broken_slide(path: Path, keyword: str, raw: bytes) -> Path:
     set_raw(item, keyword, raw)
     ds.save_as(path)
     return path
-
-
-def digest(path: Path) -> str:
-    """SHA-256 over a file, or over every file of a folder with its relative name."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()

@@ -53,6 +53,7 @@ __all__ = [
     "Source",
     "SourceBase",
     "SourceLimits",
+    "StagedFiles",
     "check_complex",
     "check_label_shape",
     "check_writable",
@@ -365,6 +366,36 @@ def temp_name(final: Path, suffix: str) -> Path:
     (:func:`stale_temp_files`).
     """
     return final.with_name(f".{final.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+class StagedFiles:
+    """Files written under temporary names (:func:`temp_name`) and renamed into place together.
+
+    What a sink publishes beside its mask (a style, a STAC Item, QA files)
+    follows the mask's rule: nothing appears under a final name until the
+    mask does, and an aborted run leaves nothing.
+
+    Args:
+        finals: the final paths; ``temp(final)`` is where each is written.
+    """
+
+    def __init__(self, *finals: Path) -> None:
+        self._tmp = {p: temp_name(p, ".part") for p in finals}
+
+    def temp(self, final: Path) -> Path:
+        """Where ``final`` is written until :meth:`publish`."""
+        return self._tmp[final]
+
+    def publish(self) -> tuple[Path, ...]:
+        """Move every file into place; returns their final paths."""
+        for final, tmp in self._tmp.items():
+            os.replace(tmp, final)
+        return tuple(self._tmp)
+
+    def remove(self) -> None:
+        """Delete the temporary files (the final names are never touched)."""
+        for tmp in self._tmp.values():
+            tmp.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from models import build_model
 from pipeline.cli import cli
-from tests.conftest import write_scene
+from tests.conftest import digest, write_scene
 from tests.support import hostile
 
 
@@ -33,7 +33,9 @@ def no_ray(monkeypatch):
     monkeypatch.setattr("pipeline.ray_env.start_ray", lambda *a, **k: None)  # the CLI's early background start
 
 
-def refused(src: Path, out: Path, *args: object, needles: tuple[str, ...] = (), named: Path | None = None) -> str:
+def assert_refused(
+    src: Path, out: Path, *args: object, needles: tuple[str, ...] = (), named: Path | None = None
+) -> str:
     """Run ``tilewise infer SRC --out OUT ARGS`` and check that it is refused cleanly.
 
     The one Error line must name ``named`` (SRC by default) and hold every
@@ -42,7 +44,7 @@ def refused(src: Path, out: Path, *args: object, needles: tuple[str, ...] = (), 
     """
     named = named or src
     out.parent.mkdir(exist_ok=True)
-    before = {p: hostile.digest(p) for p in {src, named}}
+    before = {p: digest(p) for p in {src, named}}
     listing = sorted(out.parent.iterdir())
     argv = ["infer", str(src), "--out", str(out), "--backbone", "resnet50", "--no-progress"]
     result = CliRunner().invoke(cli, [*argv, *map(str, args)], catch_exceptions=False)
@@ -52,7 +54,7 @@ def refused(src: Path, out: Path, *args: object, needles: tuple[str, ...] = (), 
     assert len(errors) == 1, result.output
     for needle in (named.name, *needles):
         assert needle in errors[0], errors[0]
-    assert {p: hostile.digest(p) for p in {src, named}} == before, "an input changed"
+    assert {p: digest(p) for p in {src, named}} == before, "an input changed"
     assert sorted(out.parent.iterdir()) == listing, "something was left in the output folder"
     return errors[0]
 
@@ -63,12 +65,12 @@ def refused(src: Path, out: Path, *args: object, needles: tuple[str, ...] = (), 
 def test_a_vrt_named_tif_is_not_opened_unless_allowed(tmp_path: Path) -> None:
     src = hostile.claiming_vrt(tmp_path / "scene.tif")
     assert src.stat().st_size < 320
-    refused(src, tmp_path / "out" / "m.tif", needles=("is a GDAL VRT", "--allow-drivers VRT"))
+    assert_refused(src, tmp_path / "out" / "m.tif", needles=("is a GDAL VRT", "--allow-drivers VRT"))
 
 
 def test_an_allowed_vrt_claiming_a_terapixel_is_refused_at_open(tmp_path: Path) -> None:
     src = hostile.claiming_vrt(tmp_path / "scene.tif")
-    line = refused(src, tmp_path / "out" / "m.tif", "--allow-drivers", "VRT", "--allow-no-crs")
+    line = assert_refused(src, tmp_path / "out" / "m.tif", "--allow-drivers", "VRT", "--allow-no-crs")
     assert "1,000,000 x 1,000,000 pixels" in line and "limit of 1e+10" in line
     assert "--max-pixels 1000000000000" in line
 
@@ -76,25 +78,25 @@ def test_an_allowed_vrt_claiming_a_terapixel_is_refused_at_open(tmp_path: Path) 
 def test_a_tiny_zarr_store_claiming_one_huge_chunk_is_refused_at_open(tmp_path: Path) -> None:
     src = hostile.claiming_zarr(tmp_path / "claim.zarr")
     assert sum(f.stat().st_size for f in src.iterdir()) < 300
-    line = refused(src, tmp_path / "out" / "m.zarr")
+    line = assert_refused(src, tmp_path / "out" / "m.zarr")
     assert "100,000 x 100,000 pixels of uint8 (9,537 MiB per band)" in line
     assert "limit of 256 MiB" in line and "--max-chunk-mb 9537" in line
 
 
 def test_too_many_bands_are_refused_at_open(tmp_path: Path) -> None:
     src = write_scene(tmp_path / "cube.tif", np.ones((600, 4, 4), np.uint8), block=None)
-    refused(src, tmp_path / "out" / "m.tif", needles=("600 bands", "limit of 512", "--max-bands 600"))
+    assert_refused(src, tmp_path / "out" / "m.tif", needles=("600 bands", "limit of 512", "--max-bands 600"))
 
 
 def test_the_limit_flags_reach_the_check(tmp_path: Path) -> None:
     src = write_scene(tmp_path / "small.tif", np.ones((3, 64, 64), np.uint8))
     out = tmp_path / "out" / "m.tif"
-    refused(src, out, "--max-pixels", "4e3", needles=("64 x 64 pixels", "--max-pixels 4096"))
-    refused(src, out, "--max-bands", "2", needles=("3 bands", "--max-bands 3"))
+    assert_refused(src, out, "--max-pixels", "4e3", needles=("64 x 64 pixels", "--max-pixels 4096"))
+    assert_refused(src, out, "--max-bands", "2", needles=("3 bands", "--max-bands 3"))
     big_blocks = write_scene(
         tmp_path / "blocks.tif", np.ones((1, 1024, 1024), np.uint16), block=1024, compress="deflate"
     )
-    refused(
+    assert_refused(
         big_blocks, out, "--max-chunk-mb", "1", needles=("1,024 x 1,024 pixels of uint16 (2 MiB", "--max-chunk-mb 2")
     )
 
@@ -119,7 +121,7 @@ SERIES_CASES = [
 @pytest.mark.parametrize(("keyword", "raw", "problem"), SERIES_CASES, ids=[f"{k}={r!r}" for k, r, _ in SERIES_CASES])
 def test_a_series_slice_with_bad_geometry_or_header_is_refused(tmp_path: Path, keyword, raw, problem) -> None:
     src = hostile.broken_series(tmp_path / "CT", keyword, raw)
-    refused(src, tmp_path / "out" / "m.zarr", needles=("2392", keyword, problem))
+    assert_refused(src, tmp_path / "out" / "m.zarr", needles=("2392", keyword, problem))
 
 
 MULTIFRAME_CASES = [
@@ -133,7 +135,7 @@ MULTIFRAME_CASES = [
 @pytest.mark.parametrize(("keyword", "raw", "where", "problem"), MULTIFRAME_CASES, ids=[c[0] for c in MULTIFRAME_CASES])
 def test_a_multiframe_file_with_bad_per_frame_geometry_is_refused(tmp_path: Path, keyword, raw, where, problem) -> None:
     src = hostile.broken_multiframe(tmp_path / "ect.dcm", keyword, raw)
-    refused(src, tmp_path / "out" / "m.zarr", needles=(where, problem))
+    assert_refused(src, tmp_path / "out" / "m.zarr", needles=(where, problem))
 
 
 SLIDE_CASES = [
@@ -146,7 +148,7 @@ SLIDE_CASES = [
 @pytest.mark.parametrize(("keyword", "raw", "problem"), SLIDE_CASES, ids=[f"{k}={r!r}" for k, r, _ in SLIDE_CASES])
 def test_a_slide_with_bad_geometry_is_refused(tmp_path: Path, keyword, raw, problem) -> None:
     src = hostile.broken_slide(tmp_path / "slide.dcm", keyword, raw)
-    refused(src, tmp_path / "out" / "m.zarr", needles=(keyword, problem))
+    assert_refused(src, tmp_path / "out" / "m.zarr", needles=(keyword, problem))
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_a_checkpoint_with_a_wrong_tensor_shape_names_the_tensor(tmp_path: Path,
     torch.save(sd, tmp_path / "bad.pth")
     src = write_scene(tmp_path / "s.tif", np.ones((3, 32, 32), np.uint8))
     weights = tmp_path / "bad.pth"
-    line = refused(src, tmp_path / "out" / "m.tif", "--weights", weights, named=weights)
+    line = assert_refused(src, tmp_path / "out" / "m.tif", "--weights", weights, named=weights)
     assert "bad.pth: tensor backbone.layer2.0.conv1.weight has shape (128, 256, 3, 3)" in line
     assert "deeplabv3_resnet50 expects (128, 256, 1, 1)" in line
 
@@ -171,7 +173,9 @@ def test_a_checkpoint_with_a_wrong_tensor_shape_names_the_tensor(tmp_path: Path,
 def test_a_checkpoint_with_non_string_keys_is_refused(tmp_path: Path) -> None:
     torch.save({0: torch.zeros(3), 1: torch.ones(2)}, tmp_path / "ints.pth")
     src = write_scene(tmp_path / "s.tif", np.ones((3, 32, 32), np.uint8))
-    line = refused(src, tmp_path / "out" / "m.tif", "--weights", tmp_path / "ints.pth", named=tmp_path / "ints.pth")
+    line = assert_refused(
+        src, tmp_path / "out" / "m.tif", "--weights", tmp_path / "ints.pth", named=tmp_path / "ints.pth"
+    )
     assert "ints.pth: key 0 is a int, not a parameter name" in line
 
 
@@ -180,7 +184,9 @@ def test_a_checkpoint_whose_first_conv_is_not_a_kernel_is_refused(tmp_path: Path
     sd["backbone.conv1.weight"] = torch.zeros(64)
     torch.save(sd, tmp_path / "flat.pth")
     src = write_scene(tmp_path / "s.tif", np.ones((3, 32, 32), np.uint8))
-    line = refused(src, tmp_path / "out" / "m.tif", "--weights", tmp_path / "flat.pth", named=tmp_path / "flat.pth")
+    line = assert_refused(
+        src, tmp_path / "out" / "m.tif", "--weights", tmp_path / "flat.pth", named=tmp_path / "flat.pth"
+    )
     assert "tensor backbone.conv1.weight has shape (64,)" in line
 
 
@@ -191,14 +197,16 @@ def test_float64_values_beyond_float32_are_refused_not_made_nodata(tmp_path: Pat
     data = np.ones((1, 40, 40))
     data[0, 3, 4], data[0, 20, 20] = 1e300, -1e39
     src = write_scene(tmp_path / "wide.tif", data, block=None)
-    refused(src, tmp_path / "out" / "m.tif", needles=("values from -1e+39 to 1e+300", "float32", "rescale"))
+    assert_refused(src, tmp_path / "out" / "m.tif", needles=("values from -1e+39 to 1e+300", "float32", "rescale"))
 
 
 def test_complex_pixels_are_refused_unless_a_conversion_is_asked_for(tmp_path: Path) -> None:
     src = write_scene(tmp_path / "sar.tif", np.full((1, 16, 16), 1 + 1j, np.complex64), block=None)
-    refused(src, tmp_path / "out" / "m.tif", needles=("complex pixels (complex64)", "--complex abs"))
+    assert_refused(src, tmp_path / "out" / "m.tif", needles=("complex pixels (complex64)", "--complex abs"))
 
 
 def test_a_geotiff_option_on_a_dicom_source_is_refused(tmp_path: Path) -> None:
     src = hostile.broken_series(tmp_path / "CT", "SliceThickness", b"2.5")  # an intact series
-    refused(src, tmp_path / "out" / "m.zarr", "--complex", "abs", needles=("--complex", "does not apply to a DICOM"))
+    assert_refused(
+        src, tmp_path / "out" / "m.zarr", "--complex", "abs", needles=("--complex", "does not apply to a DICOM")
+    )

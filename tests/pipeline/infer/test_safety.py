@@ -7,7 +7,6 @@ Each case runs through the CLI as a user would meet it and asserts one
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import rasterio
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from tests.conftest import SHARED, write_scene
+from tests.conftest import SHARED, digest, write_scene
 
 LANDSAT = SHARED / "zarr" / "rgb_byte_landsat.ome.zarr"
 FAST = ("--tile", "64", "--backbone", "resnet50", "--no-progress")
@@ -24,16 +23,6 @@ FAST = ("--tile", "64", "--backbone", "resnet50", "--no-progress")
 
 def run(*args: object):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def digest(path: Path) -> str:
-    """A checksum of a file, or of every file in a folder (names and bytes)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def listing(folder: Path) -> list[str]:

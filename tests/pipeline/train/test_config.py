@@ -21,7 +21,7 @@ VEGAS = "segmentation/spacenet_vegas_roads"
 ATLANTA = "segmentation/spacenet_atlanta_buildings"
 
 
-def _fails(args: list[str], match: str, out: Path) -> None:
+def assert_fails(args: list[str], match: str, out: Path) -> None:
     result = CliRunner().invoke(cli, ["train", *args, "--out", str(out), "--init", "none", "--no-progress"])
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1, result.output
@@ -46,11 +46,11 @@ def vegas(shared_data: Path) -> list[str]:
 def test_unknown_key_in_the_yaml_file(tmp_path: Path, vegas: list[str]) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("lrr: 0.0001\nepochs: 2\n")
-    _fails([str(cfg), *vegas], "run.yaml: unknown key 'lrr'; did you mean 'lr'?", tmp_path / "out")
+    assert_fails([str(cfg), *vegas], "run.yaml: unknown key 'lrr'; did you mean 'lr'?", tmp_path / "out")
 
 
 def test_learning_rate_outside_the_card(tmp_path: Path, vegas: list[str]) -> None:
-    _fails(
+    assert_fails(
         [*vegas, "--lr", "0.001"],
         "lr: 0.001 is outside the fine-tuning card's range 1e-05..0.0001; pass --force",
         tmp_path / "o",
@@ -58,15 +58,15 @@ def test_learning_rate_outside_the_card(tmp_path: Path, vegas: list[str]) -> Non
 
 
 def test_batch_size_outside_the_card(tmp_path: Path, vegas: list[str]) -> None:
-    _fails(
+    assert_fails(
         [*vegas, "--batch-size", "64"], "batch_size: 64 is outside the fine-tuning card's range 2..32", tmp_path / "o"
     )
 
 
 def test_label_values_outside_the_classes(tmp_path: Path, vegas: list[str]) -> None:
     # SpaceNet marks roads with 255: without --label-map 255:1 they are no class (and not silently ignored)
-    _fails(vegas, "label value 255 is not a class (classes are 0 to 1, 255 is ignored); map it with --label-map 255:CLASS or 255:ignore", tmp_path / "o")  # fmt: skip
-    _fails([*vegas, "--classes", "3", "--label-map", "255:2,0:3"], "label_map: 0:3 maps to no class; classes are 0 to 2", tmp_path / "o")  # fmt: skip
+    assert_fails(vegas, "label value 255 is not a class (classes are 0 to 1, 255 is ignored); map it with --label-map 255:CLASS or 255:ignore", tmp_path / "o")  # fmt: skip
+    assert_fails([*vegas, "--classes", "3", "--label-map", "255:2,0:3"], "label_map: 0:3 maps to no class; classes are 0 to 2", tmp_path / "o")  # fmt: skip
 
 
 def test_labels_on_another_grid_without_resample(tmp_path: Path, shared_data: Path) -> None:
@@ -76,24 +76,24 @@ def test_labels_on_another_grid_without_resample(tmp_path: Path, shared_data: Pa
             block=None, transform=ds.transform @ Affine.scale(2),
         )  # fmt: skip
     args = ["--image", str(shared_data / VEGAS / "road_mask_input.tif"), "--labels", str(coarse)]
-    _fails(args, "labels are on another grid", tmp_path / "o")
+    assert_fails(args, "labels are on another grid", tmp_path / "o")
 
 
 def test_vector_labels_without_the_class_attribute(tmp_path: Path, shared_data: Path) -> None:
     d = shared_data / ATLANTA
     args = ["--image", str(d / "sample_geotiff.tif"), "--labels", str(d / "geotiff_labels.geojson"), "--tile", "256"]
-    _fails(args, "geotiff_labels.geojson: names no class attribute; its attributes are", tmp_path / "o")
-    _fails([*args, "--label-attribute", "klass"], "has no attribute 'klass'", tmp_path / "o")
+    assert_fails(args, "geotiff_labels.geojson: names no class attribute; its attributes are", tmp_path / "o")
+    assert_fails([*args, "--label-attribute", "klass"], "has no attribute 'klass'", tmp_path / "o")
 
 
 def test_empty_training_set(tmp_path: Path, vegas: list[str]) -> None:
-    _fails([*vegas, "--label-map", "0:ignore,255:ignore"], "the training set is empty", tmp_path / "o")
+    assert_fails([*vegas, "--label-map", "0:ignore,255:ignore"], "the training set is empty", tmp_path / "o")
 
 
 def test_validation_split_that_would_overlap_training_tiles(tmp_path: Path, vegas: list[str]) -> None:
-    _fails([*vegas, "--block", "128"], "block: 128 px is smaller than the tile (256 px)", tmp_path / "o")
+    assert_fails([*vegas, "--block", "128"], "block: 128 px is smaller than the tile (256 px)", tmp_path / "o")
     image = vegas[1]
-    _fails([*vegas, "--val-image", image, "--val-labels", vegas[3], "--split", "scene", "--label-map", "255:1"],
+    assert_fails([*vegas, "--val-image", image, "--val-labels", vegas[3], "--split", "scene", "--label-map", "255:1"],
            "is also a training scene, so validation pixels would be in training tiles", tmp_path / "o")  # fmt: skip
 
 

@@ -19,7 +19,6 @@ after a run with ``--qa``, ``TILEWISE_DISAGREEMENT``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from rasterio.errors import RasterioError
 
 from tiling.core.qa import Disagreement, TilePlan, coverage_blocks, qa_step
 from tiling.errors import ConfigError
-from tiling.formats.base import sink_error, temp_name
+from tiling.formats.base import StagedFiles, sink_error
 
 __all__ = ["PLAN_TAG", "DISAGREEMENT_TAG", "QaFiles", "qa_paths", "read_qa_tags"]
 
@@ -75,7 +74,7 @@ def read_qa_tags(mask: Path) -> tuple[TilePlan, Disagreement | None, dict[str, A
     return plan, disagreement, grid
 
 
-class QaFiles:
+class QaFiles(StagedFiles):
     """The ``.qa.tif`` and ``.qa.json`` of one mask, written to temporary names, then published.
 
     Args:
@@ -95,7 +94,7 @@ class QaFiles:
             Affine(*transform) if transform is not None and not isinstance(transform, Affine) else transform
         )
         self.raster, self.report = qa_paths(mask)
-        self._tmp = {p: temp_name(p, ".part") for p in (self.raster, self.report)}
+        super().__init__(self.raster, self.report)
         self.summary: dict[str, Any] = {}
 
     def write(self, disagreement: Disagreement | None, software: str = "tilewise") -> dict[str, Any]:
@@ -118,7 +117,7 @@ class QaFiles:
         under = np.zeros(5, np.int64)  # output pixels under 0, 1, 2, 3, 4+ tiles (cell means rounded)
         top = 0.0
         try:
-            with rasterio.open(self._tmp[self.raster], "w", **profile) as ds:
+            with rasterio.open(self.temp(self.raster), "w", **profile) as ds:
                 ds.set_band_description(1, "tiles")
                 ds.set_band_description(2, "weight")
                 ds.update_tags(TILEWISE=software, SOURCE_MASK=self.mask.name, STEP=str(step), **{PLAN_TAG: json.dumps(self.plan.to_dict())})  # fmt: skip
@@ -153,19 +152,8 @@ class QaFiles:
             ),
         }
         try:
-            self._tmp[self.report].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            self.temp(self.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as e:
             raise sink_error(self.report, e) from e
         self.summary = report
         return report
-
-    def publish(self) -> tuple[Path, ...]:
-        """Move both into place; returns their final paths."""
-        for final, tmp in self._tmp.items():
-            os.replace(tmp, final)
-        return tuple(self._tmp)
-
-    def remove(self) -> None:
-        """Delete the temporary files (the final names are never touched)."""
-        for tmp in self._tmp.values():
-            tmp.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
 from tiling.core.labels import LABEL_NODATA, class_color
-from tiling.formats.base import ModelProvenance, temp_name
+from tiling.formats.base import ModelProvenance, StagedFiles
 
 __all__ = ["MaskDescription", "Sidecars", "qml_document", "source_datetime", "stac_item"]
 
@@ -228,7 +228,7 @@ def stac_item(mask: Path, desc: MaskDescription, assets: dict[str, Path], now: d
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
-class Sidecars:
+class Sidecars(StagedFiles):
     """The ``.qml`` and STAC ``.json`` beside a COG mask, written to temporary names, then published.
 
     Args:
@@ -243,24 +243,13 @@ class Sidecars:
         self.probs = probs
         self.qml = mask.with_suffix(".qml")
         self.stac = mask.with_suffix(".json")
-        self._tmp = {p: temp_name(p, ".part") for p in (self.qml, self.stac)}
+        super().__init__(self.qml, self.stac)
 
     def write(self) -> None:
         """Write both under their temporary names."""
-        self._tmp[self.qml].write_text(qml_document(self.desc.class_names), encoding="utf-8")
+        self.temp(self.qml).write_text(qml_document(self.desc.class_names), encoding="utf-8")
         assets = {"mask": self.mask, "style": self.qml}
         if self.probs is not None:
             assets["probabilities"] = self.probs
         item = stac_item(self.mask, self.desc, assets)
-        self._tmp[self.stac].write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
-
-    def publish(self) -> tuple[Path, ...]:
-        """Move both into place; returns their final paths."""
-        for final, tmp in self._tmp.items():
-            os.replace(tmp, final)
-        return tuple(self._tmp)
-
-    def remove(self) -> None:
-        """Delete the temporary files (the final names are never touched)."""
-        for tmp in self._tmp.values():
-            tmp.unlink(missing_ok=True)
+        self.temp(self.stac).write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
