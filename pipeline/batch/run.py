@@ -45,8 +45,8 @@ from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
 from pipeline.infer.journal import adopt_journal
-from pipeline.infer.plan import ScenePlan, check_outputs, plan_scene, remove_stale_temp_files
-from pipeline.infer.run import USER_ERRORS, _check_model, mask_path_for
+from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
+from pipeline.infer.run import USER_ERRORS, mask_path_for
 from pipeline.ray_env import unwrap_user_error
 from tiling.errors import ConfigError, TilingError
 
@@ -307,6 +307,6 @@ def _run_pass(batch: _Batch, todo: Sequence[_Pending], progress: bool) -> None:
     plans = batch.plan(todo)
     if not plans:
         return
-    _check_model(batch.cfg, plans, batch.model)
+    check_model(batch.cfg, plans, batch.model)
     remove_stale_temp_files(p for plan in plans for p in plan.outputs)
     run_plans(plans, batch.cfg, batch.model, progress, on_result=batch.on_result)

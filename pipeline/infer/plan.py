@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from models import Normalization
+from models import Normalization, build_model, check_bands
 from pipeline.config import PipelineConfig
 from pipeline.infer.journal import Resume
 from tiling.core import TileGrid, TileLayout, sample_band_stats
@@ -26,7 +27,7 @@ from tiling.errors import ConfigError, SinkError
 from tiling.formats import SourceSpec, get_format, open_sink, open_source, output_format, spec_of
 from tiling.formats.base import Sink, SinkRequest, Source, stale_temp_files
 
-__all__ = ["ScenePlan", "check_outputs", "plan_scene", "remove_stale_temp_files"]
+__all__ = ["ScenePlan", "check_model", "check_outputs", "plan_scene", "remove_stale_temp_files"]
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +208,24 @@ def remove_stale_temp_files(outputs: Iterable[Path]) -> int:
             log.info("removed %s, left by a run that was killed", leftover)
             removed += 1
     return removed
+
+
+def check_model(cfg: PipelineConfig, plans: Sequence[ScenePlan], model: torch.nn.Module | None) -> None:
+    """Fail before any work if the weights are unreadable or a scene's bands do not fit the model.
+
+    A randomly initialised DeepLabV3 fits any band count, so only a weights
+    file is loaded here (the actors load it again where they run). One model
+    pool serves the whole run, so every scene must give it the same channels.
+    """
+    channels = plans[0].channels
+    for p in plans[1:]:
+        if p.channels != channels:
+            raise ConfigError(
+                f"{p.src}: gives the model {p.channels} input channels, but {plans[0].src} gives {channels}; "
+                "one run uses one model: choose the same bands (--bands) for every scene"
+            )
+    if model is None:
+        if cfg.model.weights is not None:
+            build_model(cfg.model.backbone, cfg.model.classes, channels, cfg.model.weights)
+        return
+    check_bands(model, channels)

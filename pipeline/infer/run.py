@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from models import ModelError, Normalization, build_model, check_bands
+from models import ModelError, Normalization
 from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
-from pipeline.infer.plan import ScenePlan, check_outputs, plan_scene, remove_stale_temp_files
+from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
 from pipeline.ray_env import unwrap_user_error
-from tiling.errors import ConfigError, TilingError
+from tiling.errors import TilingError
 from tiling.formats import natural_output, output_format, sniff
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
@@ -60,27 +60,6 @@ def _result(out: SceneOutput) -> InferenceResult:
         out.published[0], probs, out.tiles, out.skipped, out.seconds, out.first_result_seconds,
         out.stitch_peak_bytes, out.stitch_spills, out.published, out.precision,
     )  # fmt: skip
-
-
-def _check_model(cfg: PipelineConfig, plans: Sequence[ScenePlan], model: torch.nn.Module | None) -> None:
-    """Fail before any work if the weights are unreadable or a scene's bands do not fit the model.
-
-    A randomly initialised DeepLabV3 fits any band count, so only a weights
-    file is loaded here (the actors load it again where they run). One model
-    pool serves the whole run, so every scene must give it the same channels.
-    """
-    channels = plans[0].channels
-    for p in plans[1:]:
-        if p.channels != channels:
-            raise ConfigError(
-                f"{p.src}: gives the model {p.channels} input channels, but {plans[0].src} gives {channels}; "
-                "one run uses one model: choose the same bands (--bands) for every scene"
-            )
-    if model is None:
-        if cfg.model.weights is not None:
-            build_model(cfg.model.backbone, cfg.model.classes, channels, cfg.model.weights)
-        return
-    check_bands(model, channels)
 
 
 def _raise_user_error(e: BaseException) -> None:
@@ -124,7 +103,7 @@ def infer_scene(
     normalization = normalization or trained_norm
     plan = plan_scene(0, src, out, cfg, normalization, model)
     check_outputs([plan], cfg.overwrite)
-    _check_model(cfg, [plan], model)
+    check_model(cfg, [plan], model)
     remove_stale_temp_files(plan.outputs)
     try:
         outcome = run_plans([plan], cfg, model, progress)[0]
@@ -183,7 +162,7 @@ def infer_many(
             outcome[Path(src)] = e
     check_outputs(plans, cfg.overwrite)
     if plans:
-        _check_model(cfg, plans, model)
+        check_model(cfg, plans, model)
         remove_stale_temp_files(p for plan in plans for p in plan.outputs)
         try:
             results = run_plans(plans, cfg, model, progress)
