@@ -10,6 +10,7 @@ downloads them only when asked to.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from collections.abc import Callable
@@ -20,15 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights
-from torchvision.models.segmentation import (
-    DeepLabV3_MobileNet_V3_Large_Weights,
-    DeepLabV3_ResNet50_Weights,
-    DeepLabV3_ResNet101_Weights,
-    deeplabv3_mobilenet_v3_large,
-    deeplabv3_resnet50,
-    deeplabv3_resnet101,
-)
 
 from models.errors import BandCountError, ModelError, WeightsError
 
@@ -72,21 +64,38 @@ class Init(str, Enum):
         return self.value
 
 
-_BUILDERS: dict[Backbone, Callable[..., nn.Module]] = {
-    Backbone.RESNET101: deeplabv3_resnet101,
-    Backbone.RESNET50: deeplabv3_resnet50,
-    Backbone.MOBILENET_V3_LARGE: deeplabv3_mobilenet_v3_large,
-}
+# torchvision is imported where a DeepLabV3 is built, not with this module: importing it
+# takes seconds (it pulls in torch._dynamo), which every process that only runs a model
+# it was handed (a model actor, a read task, a test's tiny model) would pay for nothing.
 
-#: torchvision's published weights per starting point and backbone.
-_PUBLISHED: dict[tuple[Init, Backbone], Any] = {
-    (Init.COCO, Backbone.RESNET101): DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-    (Init.COCO, Backbone.RESNET50): DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
-    (Init.COCO, Backbone.MOBILENET_V3_LARGE): DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-    (Init.IMAGENET, Backbone.RESNET101): ResNet101_Weights.IMAGENET1K_V1,
-    (Init.IMAGENET, Backbone.RESNET50): ResNet50_Weights.IMAGENET1K_V1,
-    (Init.IMAGENET, Backbone.MOBILENET_V3_LARGE): MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-}
+
+def _builder(backbone: Backbone) -> Callable[..., nn.Module]:
+    """The DeepLabV3 constructor of torchvision for ``backbone``."""
+    from torchvision.models import segmentation
+
+    return {
+        Backbone.RESNET101: segmentation.deeplabv3_resnet101,
+        Backbone.RESNET50: segmentation.deeplabv3_resnet50,
+        Backbone.MOBILENET_V3_LARGE: segmentation.deeplabv3_mobilenet_v3_large,
+    }[backbone]
+
+
+@functools.cache
+def _published(init: Init, backbone: Backbone) -> Any:
+    """The weights torchvision publishes (a ``WeightsEnum`` member) for a starting point and backbone."""
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights, segmentation
+
+    return {
+        (Init.COCO, Backbone.RESNET101): segmentation.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+        (Init.COCO, Backbone.RESNET50): segmentation.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1,
+        (Init.COCO, Backbone.MOBILENET_V3_LARGE): (
+            segmentation.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
+        ),
+        (Init.IMAGENET, Backbone.RESNET101): ResNet101_Weights.IMAGENET1K_V1,
+        (Init.IMAGENET, Backbone.RESNET50): ResNet50_Weights.IMAGENET1K_V1,
+        (Init.IMAGENET, Backbone.MOBILENET_V3_LARGE): MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    }[(init, backbone)]
+
 
 #: State-dict key of the first convolution (where bands enter) per backbone.
 _FIRST_CONV = {
@@ -117,7 +126,7 @@ def pretrained_weights(init: Init | str, backbone: Backbone | str, download: boo
     init, backbone = Init(str(init).lower()), _backbone(backbone)
     if init is Init.NONE:
         raise ModelError("init none has no weights file")
-    url = _PUBLISHED[(init, backbone)].url
+    url = _published(init, backbone).url
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / url.rsplit("/", 1)[-1]
     if path.is_file():
@@ -324,7 +333,7 @@ def build_model(
     if classes < 1 or in_channels < 1:
         raise ModelError(f"classes and bands must be positive, got {classes} and {in_channels}")
     backbone = _backbone(backbone)
-    model = _BUILDERS[backbone](weights=None, weights_backbone=None, num_classes=classes, aux_loss=False)
+    model = _builder(backbone)(weights=None, weights_backbone=None, num_classes=classes, aux_loss=False)
     if in_channels != 3:
         _replace_first_conv(model, backbone, in_channels)
     if weights is not None:

@@ -117,6 +117,9 @@ def _configure_data() -> None:
     # stays one tile row wide instead of growing with reordering, and scenes
     # finish one after another.
     ctx.execution_options.preserve_order = True
+    # Read tiles while the model actors start (importing torch takes seconds) instead of
+    # waiting for them first; a pool that cannot start still ends the run (stall timeout).
+    ctx.wait_for_min_actors_s = 0
     # Ray Data logs a failed task's traceback before raising it; tilewise turns
     # the raised error into one line, so the log stays quiet unless -vv asked
     # for debugging (Ray's session logs keep the full traceback either way).

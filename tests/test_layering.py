@@ -105,3 +105,34 @@ def test_opening_a_geotiff_imports_no_dicom_or_zarr(rgb_byte: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    "module, heavy",
+    [
+        # what a model actor imports to run a model it was handed: no torchvision, no albumentations
+        ("pipeline.infer.predict", ("torchvision", "albumentations")),
+        # what `infer_scene` imports: training's augmentation is not needed to segment
+        ("pipeline.infer.run", ("albumentations", "torchvision")),
+        ("models", ("torchvision", "albumentations")),
+    ],
+)
+def test_inference_imports_stay_light(module: str, heavy: tuple[str, ...]) -> None:
+    """torchvision (it imports torch._dynamo) and albumentations cost seconds of start-up per process.
+
+    They are imported where a DeepLabV3 is built or a tile augmented, so a
+    model actor running a given model, and every read task, starts without them.
+    """
+    code = f"import sys, {module}\nprint(','.join(sorted(n for n in {heavy!r} if n in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
+
+
+def test_building_a_deeplab_still_finds_torchvision() -> None:
+    """The lazy import is not a missing one: a DeepLabV3 is built through it."""
+    code = (
+        "import sys\nfrom models import build_model\n"
+        "m = build_model('mobilenet_v3_large', 2, 3)\nprint(type(m).__module__, 'torchvision' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["torchvision.models.segmentation.deeplabv3", "True"]

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import numpy as np
 
 from models.errors import ModelError
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 __all__ = ["Preset", "augment", "build_augmentation"]
 
@@ -39,6 +41,8 @@ class Preset(str, Enum):
 
 
 def _preset(preset: Preset, ignore_index: int) -> list[Any]:
+    import albumentations as A  # here, not at import: inference never augments and it takes 0.5 s
+
     if preset is Preset.REMOTE_SENSING:
         return [
             A.HorizontalFlip(p=0.5),
@@ -59,6 +63,8 @@ def _preset(preset: Preset, ignore_index: int) -> list[Any]:
 
 def _custom(items: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Transforms from a YAML list like ``[{name: HorizontalFlip, p: 0.5}, {name: RandomRotate90}]``."""
+    import albumentations as A
+
     out = []
     for i, item in enumerate(items):
         spec = dict(item)
@@ -91,6 +97,8 @@ def build_augmentation(
         chosen = Preset(str(preset).lower())
     except ValueError:
         raise ModelError(f"augment: {preset!r} is not one of {', '.join(p.value for p in Preset)}") from None
+    import albumentations as A
+
     transforms = _preset(chosen, ignore_index) + _custom(custom or ())
     return A.Compose(transforms) if transforms else None
 

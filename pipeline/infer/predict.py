@@ -62,13 +62,16 @@ class PredictUDF:
         # OMP_NUM_THREADS=1): set it where the forward pass runs.
         torch.set_num_threads(self.threads)
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
-        np_dtype = np.float32 if self.dtype is torch.float32 else np.float16
-        scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)
         run = ~skip
-        if run.any():
-            scores[run] = self.predictor.scores(
-                images[run], valid[run], batch["mean"][run], batch["std"][run], dtype=self.dtype
-            )
+        if run.all():  # the common case: no copy into a batch of zeros
+            scores = self.predictor.scores(images, valid, batch["mean"], batch["std"], dtype=self.dtype)
+        else:
+            np_dtype = np.float32 if self.dtype is torch.float32 else np.float16
+            scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)
+            if run.any():
+                scores[run] = self.predictor.scores(
+                    images[run], valid[run], batch["mean"][run], batch["std"][run], dtype=self.dtype
+                )
         return {
             "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
             "error": batch["error"], "internal": batch["internal"],

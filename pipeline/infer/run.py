@@ -21,7 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
 from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
-from pipeline.ray_env import unwrap_user_error
+from pipeline.ray_env import start_ray, unwrap_user_error
 from tiling.errors import TilingError
 from tiling.formats import natural_output, output_format, sniff
 
@@ -98,6 +98,7 @@ def infer_scene(
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
     cfg = (config or PipelineConfig()).validate()
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scene is planned
     # weights exported by `tilewise train` carry classes, bands and the training normalisation
     cfg, trained_norm = apply_export(cfg)
     normalization = normalization or trained_norm
@@ -149,7 +150,9 @@ def infer_many(
         ConfigError: if two scenes would write the same mask, or a mask is an input.
         Errors that are not user errors (bugs) propagate.
     """
-    cfg, trained_norm = apply_export((config or PipelineConfig()).validate())
+    cfg = (config or PipelineConfig()).validate()
+    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scenes are planned
+    cfg, trained_norm = apply_export(cfg)
     outcome: dict[Path, InferenceResult | Exception] = {}
     plans: list[ScenePlan] = []
     for src in sources:

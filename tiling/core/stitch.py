@@ -352,14 +352,22 @@ def class_argmax(scores: np.ndarray) -> np.ndarray:
     """``scores.argmax(axis=0)`` as uint8, for (K, ...) scores with K < 256.
 
     One comparison per class over contiguous planes instead of numpy's
-    strided reduction along the first axis (about 8x faster for few
-    classes). Ties go to the lowest class, as with argmax.
+    strided reduction along the first axis, and the label update as uint8
+    arithmetic (``labels + better * (k - labels)``, exact modulo 256) rather
+    than a masked copy: about 8x faster than ``argmax`` for a few classes,
+    and one comparison for two. Ties go to the lowest class, as with argmax.
     """
+    if scores.shape[0] == 2:
+        return np.greater(scores[1], scores[0]).view(np.uint8)
     best = scores[0].copy()
     labels = np.zeros(best.shape, np.uint8)
+    better = np.empty(best.shape, bool)
+    step = np.empty(best.shape, np.uint8)
     for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        np.copyto(labels, np.uint8(k), where=better)
+        np.greater(scores[k], best, out=better)
+        np.subtract(np.uint8(k), labels, out=step)
+        np.multiply(step, better.view(np.uint8), out=step)
+        labels += step
         if k < scores.shape[0] - 1:
             np.maximum(best, scores[k], out=best)
     return labels

@@ -118,7 +118,7 @@ def test_missing_or_duplicate_tiles_are_errors() -> None:
         st_.close()
 
 
-@given(st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(0, 10_000))
+@given(st.sampled_from([1, 2, 3, 4, 6, 17, 255]), st.integers(1, 40), st.integers(0, 3), st.integers(0, 10_000))
 def test_class_argmax_equals_argmax_with_ties(classes: int, size: int, levels: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     # few distinct levels make ties common: argmax keeps the lowest class, and so must we
