@@ -230,4 +230,3 @@ def _softmax_classes(logits: torch.Tensor) -> torch.Tensor:
     e = x - x.amax(dim=1, keepdim=True)  # a new tensor: the model's output is left as it was
     e.exp_()
     return e.div_(e.sum(dim=1, keepdim=True))
-
