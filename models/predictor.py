@@ -212,21 +212,8 @@ class Predictor:
             out = self._forward(x)
         if isinstance(out, dict):
             out = out["out"]
-        return _softmax_classes(out)
+        return torch.softmax(out.float(), dim=1)
 
     def __call__(self, images: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities (B, K, H, W) float32 for images (B, C, H, W)."""
         return self.scores(images, valid)
-
-
-def _softmax_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the class axis of (B, K, H, W) logits, as a new float32 tensor.
-
-    Plane-wise max, exp and sum over the K contiguous planes: the same values
-    as ``torch.softmax(x, dim=1)`` (to float32 rounding) and 1.7x faster on a
-    CPU for five classes, where torch's kernel walks the class axis with a stride.
-    """
-    x = logits.float()
-    e = x - x.amax(dim=1, keepdim=True)  # a new tensor: the model's output is left as it was
-    e.exp_()
-    return e.div_(e.sum(dim=1, keepdim=True))
