@@ -124,9 +124,15 @@ def way_monai(scene: Path, out: Path) -> dict:
     x = torch.from_numpy(image).float()[None]
     x = (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True)
     torch.manual_seed(0)
-    model = torch.nn.Conv2d(3, 2, kernel_size=1).eval()
+    # the model in channels_last, as tilewise runs it: with 2 threads torch's NCHW 1x1 convolution
+    # of 3 bands takes 61 ms a batch here against 5 ms in channels_last, which would slow MONAI down
+    model = torch.nn.Conv2d(3, 2, kernel_size=1).eval().to(memory_format=torch.channels_last)
+
+    def predict(windows: torch.Tensor) -> torch.Tensor:
+        return model(windows.contiguous(memory_format=torch.channels_last))
+
     with torch.inference_mode():
-        scores = sliding_window_inference(x, (TILE, TILE), BATCH, model, overlap=OVERLAP, mode="gaussian")
+        scores = sliding_window_inference(x, (TILE, TILE), BATCH, predict, overlap=OVERLAP, mode="gaussian")
     labels = scores[0].argmax(0).to(torch.uint8).numpy()
 
     def blocks(block):
