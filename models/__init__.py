@@ -1,20 +1,48 @@
-"""models: DeepLabV3 from torchvision, weight loading, and the batched predictor. No Ray."""
+"""models: DeepLabV3 from torchvision, weight loading, and the batched predictor. No Ray.
+
+Names are imported on first use: the option enums and ``Normalization``
+(``models.spec``) need no torch, so the CLI can parse its flags and start
+Ray before torch and torchvision are imported (seconds), and a model actor
+that runs a model it was handed never imports torchvision.
+"""
 
 from __future__ import annotations
 
-from models.deeplab import (
-    Backbone,
-    Init,
-    adapt_first_conv,
-    build_model,
-    enable_grad_checkpointing,
-    first_conv,
-    load_state_dict,
-    pretrained_weights,
-)
-from models.errors import BandCountError, ModelError, WeightsError
-from models.precision import Precision, cpu_has_native_bf16, resolve_precision
-from models.predictor import TTA, Normalization, Predictor, check_bands, resolve_device
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.deeplab import (
+        adapt_first_conv,
+        build_model,
+        enable_grad_checkpointing,
+        first_conv,
+        load_state_dict,
+        pretrained_weights,
+    )
+    from models.errors import BandCountError, ModelError, WeightsError
+    from models.precision import cpu_has_native_bf16, resolve_precision
+    from models.predictor import Predictor, check_bands, resolve_device
+    from models.spec import TTA, Backbone, Init, Normalization, Precision
+
+#: Where each public name lives.
+_HOME = {
+    **dict.fromkeys(["TTA", "Backbone", "Init", "Normalization", "Precision"], "models.spec"),
+    **dict.fromkeys(["BandCountError", "ModelError", "WeightsError"], "models.errors"),
+    **dict.fromkeys(["cpu_has_native_bf16", "resolve_precision"], "models.precision"),
+    **dict.fromkeys(["Predictor", "check_bands", "resolve_device"], "models.predictor"),
+    **dict.fromkeys(
+        [
+            "adapt_first_conv",
+            "build_model",
+            "enable_grad_checkpointing",
+            "first_conv",
+            "load_state_dict",
+            "pretrained_weights",
+        ],
+        "models.deeplab",
+    ),
+}
 
 __all__ = [
     "TTA",
@@ -28,12 +56,19 @@ __all__ = [
     "WeightsError",
     "adapt_first_conv",
     "build_model",
-    "enable_grad_checkpointing",
     "check_bands",
     "cpu_has_native_bf16",
+    "enable_grad_checkpointing",
     "first_conv",
     "load_state_dict",
     "pretrained_weights",
     "resolve_device",
     "resolve_precision",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

@@ -14,7 +14,6 @@ import functools
 import logging
 import pickle
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.errors import BandCountError, ModelError, WeightsError
+from models.spec import Backbone, Init
 
 __all__ = [
     "Backbone",
@@ -39,29 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Prefixes that wrappers (DDP, Lightning, our own checkpoints) put on keys.
 _PREFIXES = ("module.", "model.")
-
-
-class Backbone(str, Enum):
-    """The ResNet depth under DeepLabV3."""
-
-    RESNET101 = "resnet101"
-    RESNET50 = "resnet50"
-    # about 11M parameters and ~15x cheaper than ResNet-50 per step: what a 2-core demo can train
-    MOBILENET_V3_LARGE = "mobilenet_v3_large"
-
-    def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.value
-
-
-class Init(str, Enum):
-    """Where training starts: torchvision's published weights, or random initialisation."""
-
-    COCO = "coco"  # DeepLabV3 trained on a COCO subset with the 20 VOC classes
-    IMAGENET = "imagenet"  # the backbone's ImageNet classification weights; a fresh head
-    NONE = "none"
-
-    def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.value
 
 
 # torchvision is imported where a DeepLabV3 is built, not with this module: importing it

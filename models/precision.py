@@ -9,26 +9,15 @@ fp32 on an AVX2-only EPYC. So ``auto`` asks the hardware, never assumes.
 from __future__ import annotations
 
 import logging
-from enum import Enum
 from pathlib import Path
 
 import torch
 
+from models.spec import Precision
+
 __all__ = ["Precision", "cpu_has_native_bf16", "cpuinfo_has_bf16", "resolve_precision"]
 
 log = logging.getLogger(__name__)
-
-
-class Precision(str, Enum):
-    """Numeric precision of the forward pass."""
-
-    AUTO = "auto"  # bf16 where the hardware has it natively, else fp16 on CUDA, fp32 on CPU
-    FP32 = "fp32"
-    BF16 = "bf16"  # autocast to bfloat16: ~2.5x faster than fp32 on CPUs with AVX-512 BF16 or AMX
-    FP16 = "fp16"  # autocast to float16: CUDA only
-
-    def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.value
 
 
 _CPUINFO_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags, and Arm's BF16 feature

@@ -11,8 +11,6 @@ models return), so a benchmark can swap in a cheap model.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import torch
@@ -20,38 +18,15 @@ from torch import nn
 
 from models.deeplab import first_conv
 from models.errors import BandCountError, ModelError
-from models.precision import Precision, resolve_precision
+from models.precision import resolve_precision
+from models.spec import TTA, Normalization, Precision
 
 __all__ = ["TTA", "TTA_FLIPS", "Normalization", "Precision", "Predictor", "check_bands", "resolve_device"]
-
-
-class TTA(str, Enum):
-    """Test-time augmentation: which transforms of a tile the class probabilities are averaged over."""
-
-    NONE = "none"  # one forward pass
-    FLIPS = "flips"  # identity, left-right, up-down and both (ttach's flip_transform): 4 forward passes
-
-    def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.value
 
 
 #: The flips of ``TTA.FLIPS`` as the tensor dims they reverse on (B, C, H, W): identity,
 #: horizontal (cols), vertical (rows), both. Each is its own inverse.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Per-band ``(x - mean) / std``; one value per input band."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != len(self.std):
-            raise ModelError(f"normalisation has {len(self.mean)} means but {len(self.std)} stds")
-        if any(s <= 0 for s in self.std):
-            raise ModelError(f"normalisation stds must be positive, got {self.std}")
 
 
 def check_bands(model: nn.Module, bands: int) -> None:

@@ -115,6 +115,9 @@ def test_opening_a_geotiff_imports_no_dicom_or_zarr(rgb_byte: Path) -> None:
         # what `infer_scene` imports: training's augmentation is not needed to segment
         ("pipeline.infer.run", ("albumentations", "torchvision")),
         ("models", ("torchvision", "albumentations")),
+        # the CLI parses its flags and starts Ray before torch, Ray Data or Ray Train load (seconds)
+        ("pipeline.cli", ("torch", "ray.data", "ray.train", "albumentations", "pyogrio")),
+        ("models.spec", ("torch",)),
     ],
 )
 def test_inference_imports_stay_light(module: str, heavy: tuple[str, ...]) -> None:
@@ -136,3 +139,16 @@ def test_building_a_deeplab_still_finds_torchvision() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["torchvision.models.segmentation.deeplabv3", "True"]
+
+
+@pytest.mark.parametrize("package", ["models", "models.train", "pipeline.train", "pipeline.infer"])
+def test_lazy_packages_export_what_they_list(package: str) -> None:
+    """Every name of a lazily importing package's ``__all__`` resolves, and nothing else does."""
+    code = (
+        f"import {package} as p\n"
+        "missing = [n for n in p.__all__ if getattr(p, n, None) is None]\n"
+        "try:\n    p.no_such_name\n    print('no AttributeError')\nexcept AttributeError:\n    pass\n"
+        "print(','.join(missing))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""

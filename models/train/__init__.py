@@ -1,21 +1,46 @@
-"""Training pieces in torch (no Ray): loss, metrics, the step, augmentation, checkpoints, export."""
+"""Training pieces in torch (no Ray): loss, metrics, the step, augmentation, checkpoints, export.
+
+Names are imported on first use, so the CLI's flag table and the training
+config read ``Preset`` and ``IGNORE_INDEX`` without importing torch.
+"""
 
 from __future__ import annotations
 
-from models.train.augment import Preset, augment, build_augmentation
-from models.train.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state, unwrap
-from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export
-from models.train.losses import IGNORE_INDEX, segmentation_loss
-from models.train.metrics import ConfusionMatrix
-from models.train.step import (
-    OOM_HINT,
-    autocast,
-    evaluate_batch,
-    forward,
-    out_of_memory,
-    recalibrate_batchnorm,
-    train_step,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.spec import IGNORE_INDEX
+    from models.train.augment import Preset, augment, build_augmentation
+    from models.train.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state, unwrap
+    from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export
+    from models.train.losses import segmentation_loss
+    from models.train.metrics import ConfusionMatrix
+    from models.train.step import (
+        OOM_HINT,
+        autocast,
+        evaluate_batch,
+        forward,
+        out_of_memory,
+        recalibrate_batchnorm,
+        train_step,
+    )
+
+#: Where each public name lives.
+_HOME = {
+    **dict.fromkeys(["Preset", "augment", "build_augmentation"], "models.train.augment"),
+    **dict.fromkeys(
+        ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap"], "models.train.checkpoint"
+    ),
+    **dict.fromkeys(["EXPORT_KEY", "ExportInfo", "export_model", "read_export"], "models.train.export"),
+    "IGNORE_INDEX": "models.spec",
+    "segmentation_loss": "models.train.losses",
+    **dict.fromkeys(["ConfusionMatrix"], "models.train.metrics"),
+    **dict.fromkeys(
+        ["OOM_HINT", "autocast", "evaluate_batch", "forward", "out_of_memory", "recalibrate_batchnorm", "train_step"],
+        "models.train.step",
+    ),
+}
 
 __all__ = [
     "EXPORT_KEY",
@@ -41,3 +66,10 @@ __all__ = [
     "train_step",
     "unwrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

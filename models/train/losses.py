@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "segmentation_loss"]
+from models.spec import IGNORE_INDEX
 
-#: Label of pixels that count in neither the loss nor the metrics: nodata,
-#: padding, values the label map drops. The same value as the masks' nodata.
-IGNORE_INDEX = 255
+__all__ = ["IGNORE_INDEX", "segmentation_loss"]
 
 
 def segmentation_loss(

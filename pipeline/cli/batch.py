@@ -52,10 +52,8 @@ def batch(
     Exit status: 0 every scene done, 3 some scenes failed (the report names
     each with its reason), 1 the run itself failed.
     """
-    from pipeline.batch import run_batch
-    from pipeline.batch.storage import is_url
     from pipeline.cli.infer import Terminated, _catch_sigterm
-    from pipeline.infer import USER_ERRORS
+    from pipeline.errors import USER_ERRORS
     from pipeline.ray_env import start_ray
 
     for dest, flag in _PRODUCT_FLAGS.items():
@@ -66,6 +64,9 @@ def batch(
     _catch_sigterm()
     try:
         start_ray(values.get("ray__address"), values.get("ray__num_cpus"))  # starts while scenes are listed
+        from pipeline.batch import run_batch  # torch and Ray Data load while Ray starts
+        from pipeline.batch.storage import is_url
+
         cfg: PipelineConfig = build_config(values).validate()
         if not is_url(out):
             Path(out).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def compare(config: Path | None, progress: bool, **values: Any) -> None:
     """
     from pipeline.compare import compare as run_compare
     from pipeline.compare import to_markdown
-    from pipeline.train.run import USER_ERRORS
+    from pipeline.errors import USER_ERRORS
 
     ctx = click.get_current_context()
     explicit = {d for d in values if ctx.get_parameter_source(d) in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}  # fmt: skip

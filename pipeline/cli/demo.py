@@ -24,7 +24,7 @@ def demo(workdir: Path, size: int, epochs: int | None, workers: int, progress: b
     scene; write the mask and a quicklook (scene | mask | truth).
     """
     from pipeline.demo import run_demo
-    from pipeline.infer import USER_ERRORS
+    from pipeline.errors import USER_ERRORS
 
     try:
         result = run_demo(workdir, size=size, epochs=epochs, workers=workers, progress=progress)

@@ -46,8 +46,8 @@ def evaluate(
     from dataclasses import replace
 
     from models.train import read_export
+    from pipeline.errors import USER_ERRORS
     from pipeline.evaluate import evaluate_scene
-    from pipeline.infer import USER_ERRORS
     from pipeline.train.config import DataConfig
 
     try:

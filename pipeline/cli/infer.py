@@ -14,7 +14,6 @@ import click
 from pipeline.cli.common import one_line, report, report_products
 from pipeline.cli.options import build_config, config_options
 from pipeline.config import PipelineConfig
-from pipeline.products import check_products, make_products
 from tiling.formats import output_format, sink_options
 
 __all__ = ["Terminated", "infer", "run_infer"]
@@ -39,7 +38,7 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
     User errors end as one ``Error:`` line and exit status 1; in a batch the
     other scenes still finish.
     """
-    from pipeline.infer import USER_ERRORS, infer_many, infer_scene
+    from pipeline.errors import USER_ERRORS
     from pipeline.ray_env import start_ray
 
     _catch_sigterm()
@@ -47,6 +46,10 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         # Ray starts in the background while the sources are opened and checked
         ray_options = {k: values.get(f"ray__{k}") for k in ("address", "num_cpus")}
         start_ray(ray_options["address"], ray_options["num_cpus"])
+        # the heavy modules (torch, Ray Data, GDAL's vector drivers) load while Ray starts
+        from pipeline.infer import infer_many, infer_scene
+        from pipeline.products import check_products, make_products
+
         cfg: PipelineConfig = build_config(values).validate()
         batch = len(sources) > 1
         if batch and not out.is_dir():
@@ -84,7 +87,8 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
 
 def _masks(sources: tuple[Path, ...], out: Path, cfg: PipelineConfig, batch: bool) -> list[Path]:
     """The mask path of every scene whose format can be told (the others fail on their own later)."""
-    from pipeline.infer import USER_ERRORS, mask_path_for
+    from pipeline.errors import USER_ERRORS
+    from pipeline.infer import mask_path_for
 
     if not batch:
         return [out]

@@ -81,7 +81,7 @@ def qa(target: tuple[Path, ...], overwrite: bool) -> None:
     tilewise infer --qa (the share of pixels predicted by two or more tiles
     whose classes differ), where the run measured it.
     """
-    from pipeline.infer import USER_ERRORS
+    from pipeline.errors import USER_ERRORS
 
     for t in target:
         try:

@@ -178,7 +178,7 @@ def train(config: Path | None, progress: bool, **values: Any) -> None:
     epoch, OUT/model.pt (for tilewise infer --weights), OUT/metrics.json,
     OUT/curves.png, OUT/confusion.png and OUT/config.yaml.
     """
-    from pipeline.train.run import USER_ERRORS
+    from pipeline.errors import USER_ERRORS
     from pipeline.train.run import train as run_train
 
     ctx = click.get_current_context()

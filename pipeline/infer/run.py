@@ -16,21 +16,18 @@ from pathlib import Path
 
 import torch
 
-from models import ModelError, Normalization
+from models import Normalization
 from pipeline.config import PipelineConfig
+from pipeline.errors import USER_ERRORS
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
 from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
 from pipeline.ray_env import start_ray, unwrap_user_error
-from tiling.errors import TilingError
 from tiling.formats import natural_output, output_format, sniff
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
 
 log = logging.getLogger(__name__)
-
-#: Errors caused by input or options; the CLI prints them as one line.
-USER_ERRORS: tuple[type[Exception], ...] = (TilingError, ModelError)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from tqdm.auto import tqdm
 
-from models import Init, ModelError, pretrained_weights
+from models import Init, pretrained_weights
 from models.train import ExportInfo, build_augmentation, load_checkpoint
+from pipeline.errors import USER_ERRORS
 from pipeline.ray_env import ensure_ray, unwrap_user_error
 from pipeline.train.config import TrainConfig, parse_label_map
 from pipeline.train.data import (
@@ -39,13 +40,11 @@ from pipeline.train.data import (
 )
 from pipeline.train.loop import LoopConfig, steps_per_epoch, train_loop
 from tiling.core import Window, window_bounds
-from tiling.errors import ConfigError, SinkError, TilingError
+from tiling.errors import ConfigError, SinkError
 
 __all__ = ["TrainResult", "init_weights", "train"]
 
 log = logging.getLogger(__name__)
-
-USER_ERRORS: tuple[type[Exception], ...] = (TilingError, ModelError)
 
 
 @dataclass(frozen=True)
