@@ -14,10 +14,14 @@ ways in one run, each in a fresh process, with the same cheap 1x1-conv model,
 Each line gives seconds, megapixels per second, CPU core-seconds per megapixel
 (the CPU time of the process and all its children, Ray's included) and peak
 memory (PSS summed over the process tree). tilewise also reports when its
-first tiles were stitched. Then the ratios, and how many CPU cores would keep
-one H100 busy at DeepLabV3-ResNet101's compute limit at this cost per pixel.
+first tiles were stitched. Every way runs again on a half-size scene: the
+difference between the two runs is the steady state, what one more
+megapixel costs once start-up (imports, Ray and its daemons, the model
+actor: paid once per run, or once per archive run) has cancelled out. Then
+the ratios, whole-run and steady, and how many CPU cores would keep one H100
+busy at DeepLabV3-ResNet101's compute limit at the steady cost per pixel.
 
-    python benchmarks/pipeline_ceiling.py [--size 8192] [--workdir /tmp/tilewise-bench]
+    python benchmarks/pipeline_ceiling.py [--size 8192] [--workdir /tmp/tilewise-bench]   (~2 min)
 """
 
 from __future__ import annotations
@@ -182,28 +186,49 @@ def main() -> None:
     print(f"scene {args.size}^2 RGB uint8 ({mp:.0f} MP), 1x1-conv model in fp32, tile {TILE}, overlap {OVERLAP}, "
           f"gaussian, 2 CPUs; CPU native bf16: {cpu_has_native_bf16()}")  # fmt: skip
     print(f"machine: {cpu_name()}; load average before the run: {os.getloadavg()[0]:.1f}")
-    rows = {}
+    rows: dict[tuple[str, int], dict] = {}
+    small = args.size // 2
+    for size in (args.size, small):  # the half-size runs give the cost per pixel once start-up cancels out
+        for way in WAYS:
+            rows[way, size] = row = _run_child(way, size, args.workdir)
+            if size != args.size:
+                continue
+            first = f", first tiles stitched after {row['first_tiles_s']:.1f} s" if row.get("first_tiles_s") else ""
+            print(
+                f"{way:>9}: {row['seconds']:6.1f} s  {mp / row['seconds']:6.2f} MP/s  "
+                f"{row['cpu'] / mp:.3f} core-s/MP  peak {row['peak_total'] / 2**30:.2f} GiB{first}",
+                flush=True,
+            )
+    # Steady state: what one more megapixel costs, from the difference between the two sizes.
+    # Start-up (imports, Ray and its daemons, the model actor) is paid once per run and cancels.
+    extra_mp = mp - small * small / 1e6
+    steady = {}
     for way in WAYS:
-        cmd = [sys.executable, __file__, "--child", way, "--size", str(args.size), "--workdir", str(args.workdir)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"{way} failed:\n{done.stderr[-3000:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows[way] = row
-        first = f", first tiles stitched after {row['first_tiles_s']:.1f} s" if row.get("first_tiles_s") else ""
-        print(
-            f"{way:>9}: {row['seconds']:6.1f} s  {mp / row['seconds']:6.2f} MP/s  "
-            f"{row['cpu'] / mp:.3f} core-s/MP  peak {row['peak_total'] / 2**30:.2f} GiB{first}",
-            flush=True,
-        )
-    tw, floor, monai = rows["tilewise"], rows["io-floor"], rows["monai"]
-    cores = H100_TFLOPS * 1e3 / GFLOP_PER_MP * tw["cpu"] / mp
-    print(f"H100 at ResNet-101's compute limit: {H100_TFLOPS * 1e3 / GFLOP_PER_MP:.0f} MP/s; at tilewise's "
-          f"{tw['cpu'] / mp:.3f} core-s/MP that needs {cores:.0f} CPU cores")  # fmt: skip
+        big, half = rows[way, args.size], rows[way, small]
+        seconds = max(big["seconds"] - half["seconds"], 1e-9)
+        cpu = max(big["cpu"] - half["cpu"], 0.0)
+        steady[way] = (extra_mp / seconds, cpu / extra_mp)
+        print(f"{way:>9} steady state ({args.size}^2 minus {small}^2): {steady[way][0]:6.2f} MP/s  "
+              f"{steady[way][1]:.3f} core-s/MP")  # fmt: skip
+    tw, floor, monai = rows["tilewise", args.size], rows["io-floor", args.size], rows["monai", args.size]
+    h100 = H100_TFLOPS * 1e3 / GFLOP_PER_MP
+    print(f"H100 at ResNet-101's compute limit: {h100:.0f} MP/s; at tilewise's steady {steady['tilewise'][1]:.3f} "
+          f"core-s/MP that needs {h100 * steady['tilewise'][1]:.0f} CPU cores (whole run, start-up included: "
+          f"{h100 * tw['cpu'] / mp:.0f})")  # fmt: skip
     print(f"tilewise/monai peak memory: {tw['peak_total'] / monai['peak_total']:.2f}")
     print(f"time to first stitched tile: {tw['first_tiles_s']:.1f} s")
-    print(f"tilewise/monai throughput: {monai['seconds'] / tw['seconds']:.2f}")
-    print(f"pipeline/io-floor throughput: {floor['seconds'] / tw['seconds']:.2f}")
+    print(f"tilewise/monai throughput: {monai['seconds'] / tw['seconds']:.2f} "
+          f"(steady state: {steady['tilewise'][0] / steady['monai'][0]:.2f})")  # fmt: skip
+    print(f"pipeline/io-floor throughput: {floor['seconds'] / tw['seconds']:.2f} "
+          f"(steady state: {steady['tilewise'][0] / steady['io-floor'][0]:.2f})")  # fmt: skip
+
+
+def _run_child(way: str, size: int, workdir: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", way, "--size", str(size), "--workdir", str(workdir)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{way} at {size}^2 failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 if __name__ == "__main__":

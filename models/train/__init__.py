@@ -9,9 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Imported now (numpy only; albumentations loads when a transform is built): the function
+# ``augment`` shares its name with its module, and a lazy name would lose to the module.
+from models.train.augment import Preset, augment, build_augmentation
+
 if TYPE_CHECKING:
     from models.spec import IGNORE_INDEX
-    from models.train.augment import Preset, augment, build_augmentation
     from models.train.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state, unwrap
     from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export
     from models.train.losses import segmentation_loss
@@ -28,7 +31,6 @@ if TYPE_CHECKING:
 
 #: Where each public name lives.
 _HOME = {
-    **dict.fromkeys(["Preset", "augment", "build_augmentation"], "models.train.augment"),
     **dict.fromkeys(
         ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap"], "models.train.checkpoint"
     ),
