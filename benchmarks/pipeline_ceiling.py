@@ -205,8 +205,9 @@ def main() -> None:
     steady = {}
     for way in WAYS:
         big, half = rows[way, args.size], rows[way, small]
-        seconds = max(big["seconds"] - half["seconds"], 1e-9)
-        cpu = max(big["cpu"] - half["cpu"], 0.0)
+        seconds, cpu = big["seconds"] - half["seconds"], big["cpu"] - half["cpu"]
+        if seconds <= 0 or cpu <= 0:
+            sys.exit(f"{way}: the {small}^2 run took as long as the {args.size}^2 one (a busy machine?); run again")
         steady[way] = (extra_mp / seconds, cpu / extra_mp)
         print(f"{way:>9} steady state ({args.size}^2 minus {small}^2): {steady[way][0]:6.2f} MP/s  "
               f"{steady[way][1]:.3f} core-s/MP")  # fmt: skip

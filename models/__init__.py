@@ -3,7 +3,8 @@
 Names are imported on first use: the option enums and ``Normalization``
 (``models.spec``) need no torch, so the CLI can parse its flags and start
 Ray before torch and torchvision are imported (seconds), and a model actor
-that runs a model it was handed never imports torchvision.
+that runs a model it was handed imports torchvision only if that model is
+one of torchvision's.
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
+
+    def __getattr__(name: str) -> Any:
+        home = _HOME.get(name)
+        if home is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(home), name)

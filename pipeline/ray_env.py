@@ -9,7 +9,6 @@ from concurrent.futures import Future
 from typing import Any
 
 import ray
-from ray.data import DataContext
 
 __all__ = ["ensure_ray", "shutdown", "start_ray", "started_here", "unwrap_user_error"]
 
@@ -110,6 +109,8 @@ def shutdown() -> None:
 
 
 def _configure_data() -> None:
+    from ray.data import DataContext  # here: the CLI imports this module before starting Ray
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # tilewise shows one bar in tiles, with rate and ETA
     ctx.print_on_execution_start = False
@@ -117,9 +118,6 @@ def _configure_data() -> None:
     # stays one tile row wide instead of growing with reordering, and scenes
     # finish one after another.
     ctx.execution_options.preserve_order = True
-    # Read tiles while the model actors start (importing torch takes seconds) instead of
-    # waiting for them first; a pool that cannot start still ends the run (stall timeout).
-    ctx.wait_for_min_actors_s = 0
     # Ray Data logs a failed task's traceback before raising it; tilewise turns
     # the raised error into one line, so the log stays quiet unless -vv asked
     # for debugging (Ray's session logs keep the full traceback either way).

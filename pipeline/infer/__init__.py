@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(importlib.import_module("pipeline.infer.run"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
+
+    def __getattr__(name: str) -> Any:
+        if name in __all__:
+            return getattr(importlib.import_module("pipeline.infer.run"), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models import Precision, Predictor, build_model
+from models import ModelError, Precision, Predictor, build_model
 from pipeline.config import ModelConfig
 
 __all__ = ["PredictUDF"]
@@ -63,8 +63,12 @@ class PredictUDF:
         torch.set_num_threads(self.threads)
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
         run = ~skip
-        if run.all():  # the common case: no copy into a batch of zeros
+        if len(run) and run.all():  # the common case: no copy into a batch of zeros
             scores = self.predictor.scores(images, valid, batch["mean"], batch["std"], dtype=self.dtype)
+            if scores.shape[1] != self.classes:
+                raise ModelError(
+                    f"the model returned {scores.shape[1]} class scores; {self.classes} classes were asked for"
+                )
         else:
             np_dtype = np.float32 if self.dtype is torch.float32 else np.float16
             scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)

@@ -2,8 +2,8 @@
 
 :func:`infer_scene` and :func:`infer_many` are the Python API; the CLI's
 ``tilewise infer`` calls them. Planning (opening sources, checking outputs)
-happens before Ray is needed; the CLI starts Ray in the background first,
-so the two waits overlap.
+happens before Ray is needed; both start Ray in the background first (as
+the CLI does before it imports torch), so the two waits overlap.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from models import Normalization
+from pipeline import ray_env
 from pipeline.config import PipelineConfig
 from pipeline.errors import USER_ERRORS
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
 from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
-from pipeline.ray_env import start_ray, unwrap_user_error
+from pipeline.ray_env import unwrap_user_error
 from tiling.formats import natural_output, output_format, sniff
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
@@ -95,7 +96,7 @@ def infer_scene(
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
     cfg = (config or PipelineConfig()).validate()
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scene is planned
+    ray_env.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scene is planned
     # weights exported by `tilewise train` carry classes, bands and the training normalisation
     cfg, trained_norm = apply_export(cfg)
     normalization = normalization or trained_norm
@@ -148,7 +149,7 @@ def infer_many(
         Errors that are not user errors (bugs) propagate.
     """
     cfg = (config or PipelineConfig()).validate()
-    start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scenes are planned
+    ray_env.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scenes are planned
     cfg, trained_norm = apply_export(cfg)
     outcome: dict[Path, InferenceResult | Exception] = {}
     plans: list[ScenePlan] = []

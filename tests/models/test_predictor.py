@@ -32,6 +32,25 @@ def test_normalisation_and_invalid_pixels_reach_the_model_as_expected() -> None:
     assert t[0, :, 0, 0].abs().sum() == 0  # invalid pixels are zero after normalisation
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float32_images_are_not_changed_by_normalising_them(channels_last: bool) -> None:
+    """Normalisation runs in place on the tensor; a float32 batch on the CPU must not be that tensor.
+
+    In the pipeline the batch is Ray's block (a retried batch would be normalised twice), and an
+    API caller may score the same array again.
+    """
+    rng = np.random.default_rng(0)
+    images = rng.normal(100.0, 20.0, (2, 3, 16, 16)).astype(np.float32)
+    valid = np.ones((2, 16, 16), bool)
+    valid[0, :4] = False
+    before = images.copy()
+    p = Predictor(torch.nn.Conv2d(3, 2, 1), Normalization((100.0, 90.0, 80.0), (20.0, 10.0, 5.0)),
+                  channels_last=channels_last)  # fmt: skip
+    first = p.scores(images, valid)
+    np.testing.assert_array_equal(images, before)
+    np.testing.assert_array_equal(p.scores(images, valid), first)  # the same input gives the same output
+
+
 def test_bf16_agrees_with_fp32_on_deeplab() -> None:
     torch.manual_seed(0)
     model = build_model("resnet50", classes=3)
