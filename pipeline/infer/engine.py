@@ -318,18 +318,21 @@ def run_plans(
     model: torch.nn.Module | None = None,
     progress: bool = True,
     on_result: Callable[[ScenePlan, SceneOutput | SceneFailure], None] | None = None,
+    started: float | None = None,
 ) -> dict[int, SceneOutput | SceneFailure]:
     """Segment every planned scene; returns each scene's output or failure, by scene number.
 
     ``on_result`` is called in this process as soon as a scene is published
     or has failed (a batch records it there, so a run killed later keeps it).
+    ``started`` (a ``time.perf_counter()`` value) is where the scenes'
+    timings count from: the caller's start, planning included; now if None.
 
     Raises:
         PipelineStalledError: if no tile finishes within ``cfg.inference.stall_timeout`` seconds.
         WorkerDiedError: if the model actors die more than ``cfg.inference.max_restarts`` times.
         ConfigError: if the cluster cannot run the model and a reader.
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
     if not plans:
         return {}
     ensure_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ class InferenceResult:
     probs: Path | None  # the probabilities where they are a file of their own (a COG's sidecar)
     tiles: int
     skipped: int
-    seconds: float
+    seconds: float  # from the call until the outputs were published (planning and start-up included)
     first_result_seconds: float = 0.0  # from the call until the scene's first tiles were stitched
     stitch_peak_bytes: int = 0  # largest accumulator memory the stitcher held
     stitch_spills: int = 0  # accumulator blocks spilled to disk (0 unless the frontier outgrew its cap)
@@ -95,6 +96,7 @@ def infer_scene(
     Raises:
         TilingError, ModelError: for bad input or options (nothing is left at ``out``).
     """
+    started = time.perf_counter()
     cfg = (config or PipelineConfig()).validate()
     ray_env.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scene is planned
     # weights exported by `tilewise train` carry classes, bands and the training normalisation
@@ -105,7 +107,7 @@ def infer_scene(
     check_model(cfg, [plan], model)
     remove_stale_temp_files(plan.outputs)
     try:
-        outcome = run_plans([plan], cfg, model, progress)[0]
+        outcome = run_plans([plan], cfg, model, progress, started=started)[0]
     except BaseException as e:
         _raise_user_error(e)
         raise
@@ -148,6 +150,7 @@ def infer_many(
         ConfigError: if two scenes would write the same mask, or a mask is an input.
         Errors that are not user errors (bugs) propagate.
     """
+    started = time.perf_counter()
     cfg = (config or PipelineConfig()).validate()
     ray_env.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scenes are planned
     cfg, trained_norm = apply_export(cfg)
@@ -166,7 +169,7 @@ def infer_many(
         check_model(cfg, plans, model)
         remove_stale_temp_files(p for plan in plans for p in plan.outputs)
         try:
-            results = run_plans(plans, cfg, model, progress)
+            results = run_plans(plans, cfg, model, progress, started=started)
         except BaseException as e:
             _raise_user_error(e)
             raise
