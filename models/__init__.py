@@ -9,8 +9,9 @@ one of torchvision's.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from models.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from models.deeplab import (
@@ -26,24 +27,6 @@ if TYPE_CHECKING:
     from models.predictor import Predictor, check_bands, resolve_device
     from models.spec import TTA, Backbone, Init, Normalization, Precision
 
-#: Where each public name lives.
-_HOME = {
-    **dict.fromkeys(["TTA", "Backbone", "Init", "Normalization", "Precision"], "models.spec"),
-    **dict.fromkeys(["BandCountError", "ModelError", "WeightsError"], "models.errors"),
-    **dict.fromkeys(["cpu_has_native_bf16", "resolve_precision"], "models.precision"),
-    **dict.fromkeys(["Predictor", "check_bands", "resolve_device"], "models.predictor"),
-    **dict.fromkeys(
-        [
-            "adapt_first_conv",
-            "build_model",
-            "enable_grad_checkpointing",
-            "first_conv",
-            "load_state_dict",
-            "pretrained_weights",
-        ],
-        "models.deeplab",
-    ),
-}
 
 __all__ = [
     "TTA",
@@ -69,9 +52,20 @@ __all__ = [
 
 
 if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
-
-    def __getattr__(name: str) -> Any:
-        home = _HOME.get(name)
-        if home is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(home), name)
+    __getattr__ = lazy_getattr(
+        __name__,
+        {
+            "models.spec": ["TTA", "Backbone", "Init", "Normalization", "Precision"],
+            "models.errors": ["BandCountError", "ModelError", "WeightsError"],
+            "models.precision": ["cpu_has_native_bf16", "resolve_precision"],
+            "models.predictor": ["Predictor", "check_bands", "resolve_device"],
+            "models.deeplab": [
+                "adapt_first_conv",
+                "build_model",
+                "enable_grad_checkpointing",
+                "first_conv",
+                "load_state_dict",
+                "pretrained_weights",
+            ],
+        },
+    )

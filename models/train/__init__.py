@@ -6,8 +6,9 @@ config read ``Preset`` and ``IGNORE_INDEX`` without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from models.lazy import lazy_getattr
 
 # Imported now (numpy only; albumentations loads when a transform is built): the function
 # ``augment`` shares its name with its module, and a lazy name would lose to the module.
@@ -29,20 +30,6 @@ if TYPE_CHECKING:
         train_step,
     )
 
-#: Where each public name lives.
-_HOME = {
-    **dict.fromkeys(
-        ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap"], "models.train.checkpoint"
-    ),
-    **dict.fromkeys(["EXPORT_KEY", "ExportInfo", "export_model", "read_export"], "models.train.export"),
-    "IGNORE_INDEX": "models.spec",
-    "segmentation_loss": "models.train.losses",
-    **dict.fromkeys(["ConfusionMatrix"], "models.train.metrics"),
-    **dict.fromkeys(
-        ["OOM_HINT", "autocast", "evaluate_batch", "forward", "out_of_memory", "recalibrate_batchnorm", "train_step"],
-        "models.train.step",
-    ),
-}
 
 __all__ = [
     "EXPORT_KEY",
@@ -71,9 +58,28 @@ __all__ = [
 
 
 if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
-
-    def __getattr__(name: str) -> Any:
-        home = _HOME.get(name)
-        if home is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(home), name)
+    __getattr__ = lazy_getattr(
+        __name__,
+        {
+            "models.spec": ["IGNORE_INDEX"],
+            "models.train.checkpoint": [
+                "get_rng_state",
+                "load_checkpoint",
+                "save_checkpoint",
+                "set_rng_state",
+                "unwrap",
+            ],
+            "models.train.export": ["EXPORT_KEY", "ExportInfo", "export_model", "read_export"],
+            "models.train.losses": ["segmentation_loss"],
+            "models.train.metrics": ["ConfusionMatrix"],
+            "models.train.step": [
+                "OOM_HINT",
+                "autocast",
+                "evaluate_batch",
+                "forward",
+                "out_of_memory",
+                "recalibrate_batchnorm",
+                "train_step",
+            ],
+        },
+    )

@@ -8,8 +8,9 @@ training code) on every worker start.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from models.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from pipeline.infer.run import USER_ERRORS, InferenceResult, infer_many, infer_scene, mask_path_for
@@ -18,8 +19,7 @@ __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_
 
 
 if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
-
-    def __getattr__(name: str) -> Any:
-        if name in __all__:
-            return getattr(importlib.import_module("pipeline.infer.run"), name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    __getattr__ = lazy_getattr(
+        __name__,
+        {"pipeline.infer.run": ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]},
+    )

@@ -63,19 +63,24 @@ class PredictUDF:
         torch.set_num_threads(self.threads)
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
         run = ~skip
-        if len(run) and run.all():  # the common case: no copy into a batch of zeros
-            scores = self.predictor.scores(images, valid, batch["mean"], batch["std"], dtype=self.dtype)
-            if scores.shape[1] != self.classes:
+        every = bool(run.all()) and len(run) > 0  # the common case: no copies of the batch
+        out = None
+        if run.any():
+            pick = slice(None) if every else run
+            out = self.predictor.scores(
+                images[pick], valid[pick], batch["mean"][pick], batch["std"][pick], dtype=self.dtype
+            )
+            if out.shape[1] != self.classes:
                 raise ModelError(
-                    f"the model returned {scores.shape[1]} class scores; {self.classes} classes were asked for"
+                    f"the model returned {out.shape[1]} class scores; {self.classes} classes were asked for"
                 )
+        if every and out is not None:
+            scores = out
         else:
             np_dtype = np.float32 if self.dtype is torch.float32 else np.float16
             scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)
-            if run.any():
-                scores[run] = self.predictor.scores(
-                    images[run], valid[run], batch["mean"][run], batch["std"][run], dtype=self.dtype
-                )
+            if out is not None:
+                scores[run] = out
         return {
             "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
             "error": batch["error"], "internal": batch["internal"],

@@ -6,19 +6,14 @@ flag table does) does not import Ray Train and torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from models.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from pipeline.train.config import DataConfig, ModelTrainConfig, OptimConfig, RunTrainConfig, TrainConfig
     from pipeline.train.run import TrainResult, train
 
-_HOME = {
-    **dict.fromkeys(
-        ["DataConfig", "ModelTrainConfig", "OptimConfig", "RunTrainConfig", "TrainConfig"], "pipeline.train.config"
-    ),
-    **dict.fromkeys(["TrainResult", "train"], "pipeline.train.run"),
-}
 
 __all__ = [
     "DataConfig",
@@ -32,9 +27,10 @@ __all__ = [
 
 
 if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
-
-    def __getattr__(name: str) -> Any:
-        home = _HOME.get(name)
-        if home is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(home), name)
+    __getattr__ = lazy_getattr(
+        __name__,
+        {
+            "pipeline.train.config": ["DataConfig", "ModelTrainConfig", "OptimConfig", "RunTrainConfig", "TrainConfig"],
+            "pipeline.train.run": ["TrainResult", "train"],
+        },
+    )

@@ -7,22 +7,11 @@ import json
 import numpy as np
 import pyogrio
 import pytest
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from tests.conftest import SHARED, write_scene
+from tests.support.cli import one_error, run
 
 CT5N = SHARED / "dicom" / "series" / "pydicom_98892001_CT5N"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error(result) -> str:
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
-    return line
 
 
 def test_cog_run_with_vector_and_quicklook(ray_session, tmp_path) -> None:

@@ -7,23 +7,12 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from tests.conftest import write_scene
+from tests.support.cli import one_error, run
 from tiling.core import TileGrid
 from tiling.core.qa import coverage
 from tiling.core.windows import Window
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error(result) -> str:
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
-    return line
 
 
 @pytest.fixture(scope="module")
