@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from models.deeplab import (
         adapt_first_conv,
         build_model,
+        check_weights,
         enable_grad_checkpointing,
         first_conv,
         load_state_dict,
@@ -41,6 +42,7 @@ __all__ = [
     "adapt_first_conv",
     "build_model",
     "check_bands",
+    "check_weights",
     "cpu_has_native_bf16",
     "enable_grad_checkpointing",
     "first_conv",
@@ -62,6 +64,7 @@ if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong nam
             "models.deeplab": [
                 "adapt_first_conv",
                 "build_model",
+                "check_weights",
                 "enable_grad_checkpointing",
                 "first_conv",
                 "load_state_dict",

@@ -114,6 +114,10 @@ def _configure_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # tilewise shows one bar in tiles, with rate and ETA
     ctx.print_on_execution_start = False
+    # Ray Data polls each map task's and actor's unique memory once a second for its stats, which
+    # tilewise does not show; reading /proc/<pid>/smaps of a ResNet-101 actor takes 14 ms a time, and
+    # on a small machine that CPU comes out of the model's: a 2048^2 run went 2% faster without it.
+    ctx.memory_usage_poll_interval_s = None
     # Results arrive in plan order, so the stitcher's frontier of open blocks
     # stays one tile row wide instead of growing with reordering, and scenes
     # finish one after another.

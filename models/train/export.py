@@ -88,6 +88,6 @@ def read_export(path: str | Path) -> ExportInfo | None:
     Raises:
         WeightsError: if the file is missing or not a torch checkpoint.
     """
-    obj = read_torch_file(Path(path))
+    obj = read_torch_file(Path(path), mmap=True)  # only the metadata is read
     meta = obj.get(EXPORT_KEY) if isinstance(obj, dict) else None
     return ExportInfo.from_dict(meta) if isinstance(meta, dict) else None

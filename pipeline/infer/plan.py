@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import Normalization, build_model, check_bands
+from models import Normalization, check_bands, check_weights
 from pipeline.config import PipelineConfig
 from pipeline.infer.journal import Resume
 from tiling.core import TileGrid, TileLayout, sample_band_stats
@@ -214,7 +214,8 @@ def check_model(cfg: PipelineConfig, plans: Sequence[ScenePlan], model: torch.nn
     """Fail before any work if the weights are unreadable or a scene's bands do not fit the model.
 
     A randomly initialised DeepLabV3 fits any band count, so only a weights
-    file is loaded here (the actors load it again where they run). One model
+    file is checked here, mapped and against a model on the meta device
+    (the actors read it where they run). One model
     pool serves the whole run, so every scene must give it the same channels.
     """
     channels = plans[0].channels
@@ -226,6 +227,6 @@ def check_model(cfg: PipelineConfig, plans: Sequence[ScenePlan], model: torch.nn
             )
     if model is None:
         if cfg.model.weights is not None:
-            build_model(cfg.model.backbone, cfg.model.classes, channels, cfg.model.weights)
+            check_weights(cfg.model.backbone, cfg.model.classes, channels, cfg.model.weights)
         return
     check_bands(model, channels)

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torchvision
 
-from models import BandCountError, ModelError, WeightsError, adapt_first_conv, build_model, load_state_dict
+from models import (
+    BandCountError,
+    ModelError,
+    WeightsError,
+    adapt_first_conv,
+    build_model,
+    check_weights,
+    load_state_dict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +104,47 @@ def test_checkpoint_trained_on_other_bands_is_refused(tmp_path) -> None:
     torch.save(build_model("resnet50", classes=2, in_channels=4).state_dict(), path)
     with pytest.raises(BandCountError, match="trained on 4 input bands, the image has 3"):
         build_model("resnet50", classes=2, in_channels=3, weights=path)
+
+
+def test_weights_for_every_parameter_are_taken_as_saved(r50_rgb, tmp_path) -> None:
+    """No random initialisation first: the model holds the file's tensors, in float32, and runs as the original."""
+    ref, path = r50_rgb
+    model = build_model("resnet50", classes=21, in_channels=3, weights=path)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    expected = ref.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x)["out"], ref.eval()(x)["out"])
+    half = tmp_path / "half.pth"  # a checkpoint saved in float16 loads into a float32 model
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in expected.items()}, half)
+    w = build_model("resnet50", classes=21, in_channels=3, weights=half).backbone.conv1.weight
+    assert w.dtype == torch.float32 and torch.equal(w, ref.backbone.conv1.weight.half().float())
+    assert w.requires_grad  # still trainable
+
+
+def _outcome(fn, *args) -> tuple[type, str] | None:
+    try:
+        fn(*args)
+    except ModelError as e:
+        return type(e), str(e)
+    return None
+
+
+def test_check_weights_fails_exactly_where_build_model_does(r50_rgb, tmp_path) -> None:
+    """The driver's cheap check (file mapped, model on the meta device) says what building would say, or nothing."""
+    _, path = r50_rgb
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    four = tmp_path / "four.pth"
+    torch.save(build_model("resnet50", classes=2, in_channels=4).state_dict(), four)
+    legacy = tmp_path / "legacy.pth"  # torch's pre-1.6 format cannot be mapped; it is read instead
+    torch.save(torch.load(path, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    cases = [
+        ("resnet50", 21, 3, path), ("resnet50", 4, 4, path), ("resnet50", 21, 3, legacy), ("resnet50", 2, 4, four),
+        ("resnet50", 2, 3, four), ("resnet101", 21, 3, path), ("resnet50", 2, 3, junk),
+        ("resnet50", 2, 3, tmp_path / "none.pth"), ("resnet50", 0, 3, path), ("resnet18", 2, 3, path),
+    ]  # fmt: skip
+    outcomes = [_outcome(check_weights, *case) for case in cases]
+    assert outcomes == [_outcome(build_model, *case) for case in cases]
+    assert outcomes[:4] == [None] * 4 and all(o is not None for o in outcomes[4:])
