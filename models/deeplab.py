@@ -333,7 +333,8 @@ def _fitted_weights(
             f"{path}: does not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected keys, "
             f"e.g. {', '.join(bad)}); is it for the other backbone?"
         )
-    return model, {k: v.to(expected[k].dtype) for k, v in sd.items()}, reinit
+    # in the parameter's dtype and plain layout, as copying into a fresh model would leave them
+    return model, {k: v.to(expected[k].dtype).contiguous() for k, v in sd.items()}, reinit
 
 
 def check_weights(backbone: Backbone | str, classes: int, in_channels: int, weights: str | Path) -> None:

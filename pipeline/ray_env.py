@@ -46,6 +46,9 @@ class _NoSigtermNotice(logging.Filter):
 def _keeper(future: Future[None], args: tuple[Any, ...]) -> None:
     """Start Ray, then stay alive: Ray's daemons get a parent-death signal tied to the thread that started them."""
     logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
+    # Ray 2.60 announces on every start that its local cluster uses token authentication (its
+    # default, which tilewise keeps); the notice says nothing a user of tilewise must act on.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         _init(*args)
     except BaseException as e:  # handed to whoever waits for Ray
