@@ -163,8 +163,11 @@ def child(way: str, scene: Path, workdir: Path) -> None:
     seconds = time.perf_counter() - t0
     for written in workdir.glob(f"{out.stem}.*"):  # the mask and its .qml and STAC .json sidecars
         written.unlink()
-    print(json.dumps({"way": way, "seconds": seconds, "cpu": cpu, "peak_total": mem.peak_total, **extra}))
-    os._exit(0)  # leave Ray's shutdown to the OS: it is not part of the run
+    print(json.dumps({"way": way, "seconds": seconds, "cpu": cpu, "peak_total": mem.peak_total, **extra}), flush=True)
+    # Measured; now stop Ray for good. Leaving it to the OS (os._exit) left Ray's dashboard and
+    # runtime-env agents running for a minute or more, taking CPU from the next way's run.
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
 
 
 def main() -> None:
