@@ -166,8 +166,9 @@ def child(way: str, scene: Path, workdir: Path) -> None:
     print(json.dumps({"way": way, "seconds": seconds, "cpu": cpu, "peak_total": mem.peak_total, **extra}), flush=True)
     # Measured; now stop Ray for good. Leaving it to the OS (os._exit) left Ray's dashboard and
     # runtime-env agents running for a minute or more, taking CPU from the next way's run.
-    if "ray" in sys.modules:
-        sys.modules["ray"].shutdown()
+    from pipeline.ray_env import shutdown
+
+    shutdown()  # the Ray that tilewise's way started; nothing where no Ray ran
 
 
 def main() -> None:

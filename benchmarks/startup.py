@@ -57,9 +57,9 @@ def child(workdir: Path, scenes: list[Path]) -> None:
                          f"after the call, done after {time.perf_counter() - called:.1f} s ({result.tiles} tiles)")  # fmt: skip
     print("\n".join(lines), flush=True)
     # measured; stop Ray for good (os._exit left its agents running for a minute, taking CPU)
-    import ray
+    from pipeline.ray_env import shutdown
 
-    ray.shutdown()
+    shutdown()
 
 
 def main() -> None:

@@ -269,16 +269,17 @@ def _fit_checkpoint(
     return sd, reinit
 
 
-def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    """Refuse a checkpoint tensor whose shape differs from the model's parameter of that name.
+def _check_fit(
+    expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], reinit: tuple[str, ...], path: Path, name: str
+) -> None:
+    """Refuse a checkpoint whose tensors do not match the model's state dict ``expected`` by shape and name.
 
     ``load_state_dict`` would raise too, with one line per mismatch inside a
-    long traceback; this names the first one.
+    long traceback; this names the first one. Keys under ``reinit`` may be missing.
 
     Raises:
-        WeightsError: naming the file, the tensor, the expected and the found shape.
+        WeightsError: naming the file and the first tensor of another shape, or the keys that do not fit.
     """
-    expected = model.state_dict()
     bad = [k for k, v in sd.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     if bad:
         k = bad[0]
@@ -286,6 +287,14 @@ def _check_shapes(model: nn.Module, sd: dict[str, torch.Tensor], path: Path, nam
         raise WeightsError(
             f"{path}: tensor {k} has shape {tuple(sd[k].shape)}, {name} expects {tuple(expected[k].shape)}{more}; "
             "the checkpoint is for another architecture or was damaged"
+        )
+    missing = sorted(k for k in expected if k not in sd and not k.startswith(reinit))
+    unexpected = sorted(k for k in sd if k not in expected)
+    if missing or unexpected:
+        some = missing[:3] or unexpected[:3]
+        raise WeightsError(
+            f"{path}: does not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+            f"e.g. {', '.join(some)}); is it for the other backbone?"
         )
 
 
@@ -307,13 +316,20 @@ def _skeleton(backbone: Backbone, classes: int, in_channels: int) -> nn.Module:
     return model
 
 
+def _checked(backbone: Backbone | str, classes: int, in_channels: int) -> Backbone:
+    """The backbone, once the class and band counts are known to be positive."""
+    if classes < 1 or in_channels < 1:
+        raise ModelError(f"classes and bands must be positive, got {classes} and {in_channels}")
+    return _backbone(backbone)
+
+
 def _fitted_weights(
     backbone: Backbone, classes: int, in_channels: int, weights: str | Path, mmap: bool = False
 ) -> tuple[nn.Module, dict[str, torch.Tensor], tuple[str, ...]]:
     """Check that a checkpoint fits the model, on a model of the meta device (no memory, no initialisation).
 
-    Returns the meta model, the checkpoint's state dict (adapted to the model,
-    each tensor in its parameter's dtype) and the key prefixes that start fresh.
+    Returns the meta model, the checkpoint's state dict (adapted to the model)
+    and the key prefixes that start fresh.
 
     Raises:
         WeightsError, BandCountError: as :func:`build_model`.
@@ -322,19 +338,8 @@ def _fitted_weights(
     sd, reinit = _fit_checkpoint(load_state_dict(path, mmap), classes, in_channels, path, backbone)
     with torch.device("meta"):  # torchvision's initialisation is a no-op there
         model = _skeleton(backbone, classes, in_channels)
-    name = f"deeplabv3_{backbone}"
-    _check_shapes(model, sd, path, name)
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in sd and not k.startswith(reinit))
-    unexpected = sorted(k for k in sd if k not in expected)
-    if missing or unexpected:
-        bad = missing[:3] or unexpected[:3]
-        raise WeightsError(
-            f"{path}: does not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected keys, "
-            f"e.g. {', '.join(bad)}); is it for the other backbone?"
-        )
-    # in the parameter's dtype and plain layout, as copying into a fresh model would leave them
-    return model, {k: v.to(expected[k].dtype).contiguous() for k, v in sd.items()}, reinit
+    _check_fit(model.state_dict(), sd, reinit, path, f"deeplabv3_{backbone}")
+    return model, sd, reinit
 
 
 def check_weights(backbone: Backbone | str, classes: int, in_channels: int, weights: str | Path) -> None:
@@ -347,9 +352,7 @@ def check_weights(backbone: Backbone | str, classes: int, in_channels: int, weig
     Raises:
         WeightsError, BandCountError: as :func:`build_model`.
     """
-    if classes < 1 or in_channels < 1:
-        raise ModelError(f"classes and bands must be positive, got {classes} and {in_channels}")
-    _fitted_weights(_backbone(backbone), classes, in_channels, weights, mmap=True)
+    _fitted_weights(_checked(backbone, classes, in_channels), classes, in_channels, weights, mmap=True)
 
 
 def build_model(
@@ -375,16 +378,15 @@ def build_model(
         BandCountError: if the checkpoint was trained on a band count that is
             neither C nor RGB.
     """
-    if classes < 1 or in_channels < 1:
-        raise ModelError(f"classes and bands must be positive, got {classes} and {in_channels}")
-    backbone = _backbone(backbone)
+    backbone = _checked(backbone, classes, in_channels)
     if weights is None:
         return _skeleton(backbone, classes, in_channels).eval()
     model, sd, reinit = _fitted_weights(backbone, classes, in_channels, weights)
     if reinit:  # a head (or the whole classifier) starts fresh: initialise, then copy the rest in
         model = _skeleton(backbone, classes, in_channels)
         model.load_state_dict(sd, strict=False)
-    else:
-        model.load_state_dict(sd, assign=True)
+    else:  # the file's tensors, in each parameter's dtype and plain layout, as copying in would leave them
+        expected = model.state_dict()
+        model.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in sd.items()}, assign=True)
     log.info("loaded weights from %s", weights)
     return model.eval()

@@ -21,5 +21,5 @@ __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_
 if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong name fails the type check
     __getattr__ = lazy_getattr(
         __name__,
-        {"pipeline.infer.run": ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]},
+        {"pipeline.infer.run": __all__},  # every name lives there
     )

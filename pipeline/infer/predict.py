@@ -63,27 +63,25 @@ class PredictUDF:
         torch.set_num_threads(self.threads)
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
         run = ~skip
-        every = bool(run.all()) and len(run) > 0  # the common case: no copies of the batch
-        out = None
-        if run.any():
-            pick = slice(None) if every else run
-            out = self.predictor.scores(
-                images[pick], valid[pick], batch["mean"][pick], batch["std"][pick], dtype=self.dtype
-            )
-            if out.shape[1] != self.classes:
-                raise ModelError(
-                    f"the model returned {out.shape[1]} class scores; {self.classes} classes were asked for"
-                )
-        if every and out is not None:
-            scores = out
+        if len(run) and run.all():  # the common case: no copy into a batch of zeros
+            scores = self._scores(batch, slice(None))
         else:
             np_dtype = np.float32 if self.dtype is torch.float32 else np.float16
             scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)
-            if out is not None:
-                scores[run] = out
+            if run.any():
+                scores[run] = self._scores(batch, run)
         return {
             "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
             "error": batch["error"], "internal": batch["internal"],
             # what "auto" became where the model runs (a cluster's GPUs may differ from the driver)
             "precision": np.full(len(images), str(self.predictor.precision), dtype=object),
         }  # fmt: skip
+
+    def _scores(self, batch: dict[str, np.ndarray], rows: slice | np.ndarray) -> np.ndarray:
+        """The model's class scores for ``rows`` of the batch, checked against the configured class count."""
+        out = self.predictor.scores(
+            batch["image"][rows], batch["valid"][rows], batch["mean"][rows], batch["std"][rows], dtype=self.dtype
+        )
+        if out.shape[1] != self.classes:
+            raise ModelError(f"the model returned {out.shape[1]} class scores; {self.classes} classes were asked for")
+        return out
