@@ -401,11 +401,13 @@ def _route(
     """Hand each scene its rows of a batch (a batch may span scenes); returns the tiles it held."""
     order = batch["scene"]
     tiles = 0
-    for number in dict.fromkeys(int(x) for x in order):  # scenes in order of appearance
-        rows = np.flatnonzero(order == number)
+    numbers = dict.fromkeys(int(x) for x in order)  # scenes in order of appearance
+    for number in numbers:
         scene = scenes[number]
         settled = scene.output is not None or scene.failure is not None
-        tiles += _route_scene(scene, {k: v[rows] for k, v in batch.items()}, t0)
+        # most batches hold one scene: hand it the batch itself rather than a copy of every column
+        rows = batch if len(numbers) == 1 else {k: v[order == number] for k, v in batch.items()}
+        tiles += _route_scene(scene, rows, t0)
         result = scene.output if scene.output is not None else scene.failure
         if on_result is not None and not settled and result is not None:
             on_result(scene.plan, result)

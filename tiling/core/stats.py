@@ -48,12 +48,14 @@ def sample_band_stats(source: _Sampled, grid: int = 4, size: int = 256) -> BandS
     n = 0
     for start in itertools.product(*starts):
         data, valid = source.read(Window(start, tuple(sizes)))
-        px = data[:, valid].astype(np.float64)
+        # (bands, pixels) in the source's dtype: a view where every pixel is valid, the common case
+        px = data.reshape(len(data), -1) if valid.all() else data[:, valid]
         k = px.shape[1]
         if k == 0:
             continue
-        w_mean = px.mean(axis=1)
-        w_m2 = ((px - w_mean[:, None]) ** 2).sum(axis=1)
+        w_mean = px.mean(axis=1, dtype=np.float64)
+        dev = px - w_mean[:, None]  # float64
+        w_m2 = np.einsum("ij,ij->i", dev, dev)  # no squared temporary
         delta = w_mean - mean
         total = n + k
         mean = mean + delta * (k / total)
