@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tiling.formats.base import (
     SourceLimits,
 )
 from tiling.options import lookup_option
+from tiling.version import version
 
 __all__ = [
     "InferenceConfig",
@@ -331,12 +331,11 @@ class PipelineConfig:
         backbone = str(getattr(self.model.backbone, "value", self.model.backbone))
         name = type(model).__name__ if model is not None else "DeepLabV3-" + backbone.replace("resnet", "ResNet")
         weights = self.model.weights if model is None else None
-        try:
-            version = metadata.version("tilewise")
-        except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-            version = "0.0.0"
         provenance = ModelProvenance(
-            name, Path(weights).name if weights else None, _sha256(weights) if weights else None, f"tilewise {version}"
+            name,
+            Path(weights).name if weights else None,
+            _sha256(weights) if weights else None,
+            f"tilewise {version()}",
         )
         tiling = self.tiling
         plan = TilePlan(tiling.tile, float(tiling.overlap), str(tiling.edge), str(tiling.blend))

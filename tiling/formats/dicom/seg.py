@@ -19,7 +19,6 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import highdicom as hd
@@ -36,6 +35,7 @@ from tiling.formats.dicom import DicomSegOptions, SegType
 from tiling.formats.dicom.codes import load_segment_codes
 from tiling.formats.dicom.codes import segment_codes as codes_per_class
 from tiling.formats.reference import SlideGeometry, VolumeGeometry
+from tiling.version import version
 
 __all__ = ["ALGORITHM_NAME", "DEFAULT_BLOCK", "DicomSegSink", "probs_path_for", "segment_numbers"]
 
@@ -47,13 +47,6 @@ ALGORITHM_NAME = "tilewise DeepLabV3"
 DEFAULT_BLOCK = 256
 #: MaximumFractionalValue of the probability SEG: probabilities are stored x255 in 8 bits.
 FRACTIONAL_SCALE = 255
-
-
-def _version() -> str:
-    try:
-        return metadata.version("tilewise")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.0.0"
 
 
 def probs_path_for(path: Path) -> Path:
@@ -180,7 +173,7 @@ class DicomSegSink(Sink):
         )
         self.class_names = list(class_names)
         self.algorithm_name = algorithm_name
-        self.algorithm_version = algorithm_version or _version()
+        self.algorithm_version = algorithm_version or version()
         self.background_class = background_class
         self.segment_codes = dict(segment_codes or {})
         text = segmentation_type.value if isinstance(segmentation_type, SegType) else str(segmentation_type)

@@ -17,7 +17,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache 
 from tiling.formats.geotiff.qa import DISAGREEMENT_TAG, PLAN_TAG, QaFiles, qa_paths
 from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, source_datetime
 from tiling.formats.reference import MapReference
+from tiling.version import version
 
 __all__ = ["DEFAULT_BLOCK", "CogSink", "probs_path_for"]
 
@@ -49,10 +49,7 @@ DEFAULT_BLOCK = 256
 
 def _version() -> str:
     """Tilewise's version, the mark that tells a mask tilewise wrote (see ``--overwrite``)."""
-    try:
-        return f"tilewise {metadata.version('tilewise')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "tilewise"
+    return f"tilewise {version()}"
 
 
 def probs_path_for(path: Path) -> Path:
