@@ -64,11 +64,17 @@ def test_tiled_equals_whole_image(rows, cols, tile, overlap, edge, blend, block,
     writer, _ = stitch(image, valid, tile, overlap, edge, blend, block)
     whole = per_pixel_model(image)
     assert (writer.writes == 1).all(), "every output pixel is written exactly once"
+    labels = whole.argmax(axis=0)
     if blend == "center":
         np.testing.assert_array_equal(writer.probs, whole)
+        np.testing.assert_array_equal(writer.labels, labels)
     else:
         np.testing.assert_allclose(writer.probs, whole, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(writer.labels, whole.argmax(axis=0))
+        # where the two classes tie to within float tolerance (a pixel at 0.4 here), the blend's
+        # rounding may go either way: the labels must agree wherever the whole image decides
+        decided = np.abs(whole[1] - whole[0]) > 1e-5
+        np.testing.assert_array_equal(writer.labels[decided], labels[decided])
+        assert np.isin(writer.labels, (0, 1)).all()
 
 
 @given(sizes, sizes, tiles, overlaps, blends, st.integers(0, 2**16))
