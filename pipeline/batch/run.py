@@ -45,7 +45,14 @@ from pipeline.config import PipelineConfig
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
 from pipeline.infer.journal import adopt_journal
-from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
+from pipeline.infer.plan import (
+    ScenePlan,
+    check_model,
+    check_outputs,
+    plan_each,
+    plan_scene,
+    remove_stale_temp_files,
+)
 from pipeline.infer.run import USER_ERRORS, mask_path_for
 from pipeline.ray_env import unwrap_user_error
 from tiling.errors import ConfigError, TilingError
@@ -172,10 +179,16 @@ class _Batch:
     def plan(self, todo: Sequence[_Pending]) -> list[ScenePlan]:
         """Plan every scene of ``todo``; a scene that cannot be planned fails alone."""
         plans: list[ScenePlan] = []
-        for p in todo:
+
+        def plan_one(p: _Pending) -> ScenePlan:
+            return plan_scene(0, gdal_path(p.entry.src), p.mask, p.cfg, self.norm, self.model)
+
+        for p, planned in plan_each(todo, plan_one):
             p.report.attempts += 1
             try:
-                plan = plan_scene(len(plans), gdal_path(p.entry.src), p.mask, p.cfg, self.norm, self.model)
+                if isinstance(planned, Exception):
+                    raise planned
+                plan = replace(planned, scene=len(plans))  # numbered among the scenes that run
                 check_outputs([plan], self.cfg.overwrite or p.ours)
                 if plans and plan.channels != plans[0].channels:
                     raise ConfigError(

@@ -12,24 +12,41 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from models import Normalization, check_bands, check_weights
 from pipeline.config import PipelineConfig
+from pipeline.errors import USER_ERRORS
 from pipeline.infer.journal import Resume
 from tiling.core import TileGrid, TileLayout, sample_band_stats
 from tiling.errors import ConfigError, SinkError
 from tiling.formats import SourceSpec, get_format, open_sink, open_source, output_format, spec_of
 from tiling.formats.base import Sink, SinkRequest, Source, stale_temp_files
 
-__all__ = ["ScenePlan", "check_model", "check_outputs", "plan_scene", "remove_stale_temp_files"]
+__all__ = [
+    "PLAN_THREADS",
+    "ScenePlan",
+    "check_model",
+    "check_outputs",
+    "plan_each",
+    "plan_scene",
+    "remove_stale_temp_files",
+]
 
 log = logging.getLogger(__name__)
+
+#: Scenes planned at a time. Planning a scene is mostly waiting on storage (opening it, reading
+#: the windows its statistics sample; GDAL releases the GIL), which dominates in object storage.
+PLAN_THREADS = 8
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,6 +162,34 @@ def plan_scene(
             normalization=normalization or _normalization(source, layout),
             dtype="float32" if layout.intensity is not None else source.dtype.name, block=block,
         )  # fmt: skip
+
+
+def plan_each(
+    items: Sequence[T], plan: Callable[[T], ScenePlan], threads: int = PLAN_THREADS
+) -> Iterator[tuple[T, ScenePlan | Exception]]:
+    """``(item, plan(item))`` for every item, in their order, planned ``threads`` at a time.
+
+    An archive's first tile no longer waits for its scenes to be opened one
+    after another. A user error (:data:`~pipeline.errors.USER_ERRORS`) is
+    yielded in the plan's place, so the caller records it and goes on;
+    any other error (a bug) propagates, and the scenes not yet planned are
+    dropped.
+    """
+
+    def attempt(item: T) -> ScenePlan | Exception:
+        try:
+            return plan(item)
+        except USER_ERRORS as e:
+            return e
+
+    if len(items) <= 1 or threads <= 1:
+        yield from ((item, attempt(item)) for item in items)
+        return
+    pool = ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="tilewise-plan")
+    try:
+        yield from zip(items, pool.map(attempt, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a bug, or a caller that stopped early
 
 
 def _inside(path: Path, folder: Path) -> bool:

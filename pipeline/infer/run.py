@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,14 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import USER_ERRORS
 from pipeline.infer.engine import SceneFailure, SceneOutput, run_plans
 from pipeline.infer.exported import apply_export
-from pipeline.infer.plan import ScenePlan, check_model, check_outputs, plan_scene, remove_stale_temp_files
+from pipeline.infer.plan import (
+    ScenePlan,
+    check_model,
+    check_outputs,
+    plan_each,
+    plan_scene,
+    remove_stale_temp_files,
+)
 from pipeline.ray_env import unwrap_user_error
 from tiling.formats import natural_output, output_format, sniff
 
@@ -156,14 +163,16 @@ def infer_many(
     cfg, trained_norm = apply_export(cfg)
     outcome: dict[Path, InferenceResult | Exception] = {}
     plans: list[ScenePlan] = []
-    for src in sources:
-        try:
-            plans.append(
-                plan_scene(len(plans), src, mask_path_for(src, out_dir, cfg.output_format), cfg, trained_norm, model)
-            )
-        except USER_ERRORS as e:
-            log.error("%s", e)
-            outcome[Path(src)] = e
+
+    def plan_one(src: str | Path) -> ScenePlan:
+        return plan_scene(0, src, mask_path_for(src, out_dir, cfg.output_format), cfg, trained_norm, model)
+
+    for src, planned in plan_each(sources, plan_one):
+        if isinstance(planned, Exception):
+            log.error("%s", planned)
+            outcome[Path(src)] = planned
+        else:
+            plans.append(replace(planned, scene=len(plans)))  # numbered among the scenes that run
     check_outputs(plans, cfg.overwrite)
     if plans:
         check_model(cfg, plans, model)
