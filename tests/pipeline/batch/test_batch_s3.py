@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from tests.conftest import write_scene
 from tests.support.models import pointwise
 
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")  # run below in a process of its own
 
 NORM = Normalization((128.0,) * 3, (64.0,) * 3)
 FAST = ("--tile", "64", "--batch", "8", "--precision", "fp32", "--classes", "2", "--no-progress")
@@ -25,24 +28,49 @@ FAST = ("--tile", "64", "--batch", "8", "--precision", "fp32", "--classes", "2",
 
 @pytest.fixture
 def s3(monkeypatch):
-    """A moto S3 server on a free port, with boto3's and GDAL's settings pointing at it."""
+    """A moto S3 server on a free port, in a process of its own, with boto3's and GDAL's settings pointing at it.
+
+    Its own process, as real object storage is: rasterio holds the GIL in some GDAL calls that
+    fetch bytes (the geotransform), and tilewise plans scenes on threads, so a server inside
+    this process could never answer them.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
-    }  # fmt: skip
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    client = boto3.client("s3")
-    for bucket in ("archive", "masks"):
-        client.create_bucket(Bucket=bucket)
-    yield client
-    server.stop()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, server)
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+        }  # fmt: skip
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3")
+        for bucket in ("archive", "masks"):
+            client.create_bucket(Bucket=bucket)
+        yield client
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Return once the server accepts connections; fail if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"moto's server exited with status {server.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"moto's server did not listen on port {port} within {timeout:g} s")
 
 
 def batch(*args: object):
