@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -275,10 +276,18 @@ class ProductsConfig:
         return self
 
 
+_hashing = threading.Lock()
+
+
 def _sha256(path: str) -> str:
-    """SHA-256 of a weights file, hex; remembered per (path, size, mtime), as a batch asks once per scene."""
+    """SHA-256 of a weights file, hex; remembered per (path, size, mtime), as a batch asks once per scene.
+
+    One hash at a time: scenes planned on threads then wait for the first instead of each
+    reading the whole checkpoint.
+    """
     st = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    with _hashing:
+        return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)

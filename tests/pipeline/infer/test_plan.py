@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,23 @@ def test_a_bug_propagates_and_stops_planning() -> None:
     with pytest.raises(ZeroDivisionError):
         list(plan_each(list(range(200)), plan, threads=2))  # type: ignore[arg-type]
     assert len(planned) <= 3, "only the scenes already running finish; the queued ones are dropped"
+
+
+def test_scenes_planned_together_hash_a_shared_checkpoint_once(tmp_path: Path) -> None:
+    from pipeline import config
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"w" * (4 << 20))
+    cfg = PipelineConfig().validate()
+    cfg = PipelineConfig(model=replace(cfg.model, weights=str(weights)))
+    config._sha256_of.cache_clear()
+    barrier = threading.Barrier(8, timeout=30)
+
+    def plan(_: int) -> ScenePlan:
+        barrier.wait()  # every thread asks at the same moment
+        cfg.sink_request()
+        raise SourceOpenError("planned")
+
+    list(plan_each(range(8), plan, threads=8))  # type: ignore[arg-type]
+    info = config._sha256_of.cache_info()
+    assert (info.misses, info.hits) == (1, 7), "one thread read the checkpoint, the others took its hash"
