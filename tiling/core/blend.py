@@ -44,8 +44,16 @@ def gaussian_weights(shape: tuple[int, ...]) -> np.ndarray:
     return w
 
 
+@lru_cache(maxsize=8)
+def _ones(shape: tuple[int, ...]) -> np.ndarray:
+    """Read-only float32 ones: the mean blend's weights, shared by every tile of a shape."""
+    w = np.ones(shape, np.float32)
+    w.setflags(write=False)
+    return w
+
+
 def tile_weights(mode: BlendMode, shape: tuple[int, ...], core: Window | None = None) -> np.ndarray:
-    """Weights float32 of ``shape`` for one tile.
+    """Weights float32 of ``shape`` for one tile (read-only for ``gaussian`` and ``mean``).
 
     Args:
         mode: the blend mode.
@@ -56,7 +64,7 @@ def tile_weights(mode: BlendMode, shape: tuple[int, ...], core: Window | None = 
     if mode is BlendMode.GAUSSIAN:
         return gaussian_weights(tuple(shape))
     if mode is BlendMode.MEAN:
-        return np.ones(shape, np.float32)
+        return _ones(tuple(shape))
     if core is None:
         raise ValueError("the center blend needs the tile's core window")
     w = np.zeros(shape, np.float32)

@@ -198,9 +198,12 @@ class Stitcher:
         self.skipped += scores is None
         inside = clip(window, self.shape)
         weight = weighted = labels = None
+        # gaussian and mean weights are positive everywhere, so on a wholly valid tile every
+        # block it touches gets some weight: neither the mask product nor a check per block
+        everywhere = self.blend is not BlendMode.CENTER and (valid is None or bool(valid.all()))
         if scores is not None:
             weight = self.weights(index)
-            if valid is not None:
+            if not everywhere and valid is not None:
                 weight = weight * valid
             weighted = np.multiply(scores, weight, dtype=np.float32)  # once per tile, not per block
             if self.qa:
@@ -214,7 +217,7 @@ class Stitcher:
                 w = weight[src]
                 if labels is not None:
                     self._vote(key, dst, labels[src], None if valid is None else valid[src])
-                if w.any():
+                if everywhere or w.any():
                     acc = self._get(key)
                     scores_src: tuple[slice | int, ...] = (slice(None), *src)
                     scores_at: tuple[slice | int, ...] = (slice(None, self.classes), *dst)
