@@ -218,7 +218,10 @@ class GeoTiffSource(SourceBase):
             block = real_float32(block, self.path, where, self._part)
         if self.dtype.kind == "f":
             mask &= np.isfinite(block).all(axis=0)
-        block[:, ~mask] = 0
+        if not mask.all():  # most tiles of most scenes are wholly valid: no pass over the bands
+            block[:, ~mask] = 0
+        if inside == window and block.dtype == data.dtype:  # wholly inside: GDAL's fresh arrays are the answer
+            return block, mask
         sl = inside.relative_to(window).to_slices()
         bands_sl = (slice(None), *sl)
         data[bands_sl] = block
