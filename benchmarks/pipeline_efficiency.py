@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 
 from models import Normalization, Predictor, build_model, resolve_precision
+from pipeline import ray_env
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
 from pipeline.demo import make_scene
 from pipeline.infer import infer_scene
@@ -87,9 +87,9 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory(dir=args.workdir) as out:
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, object_store_memory=512 * 2**20)
+        ray_env.ensure_ray(num_cpus=cpus)  # up before the clock starts, started as the CLI starts it
         result = infer_scene(scene, Path(out) / "mask.tif", cfg, progress=False)
-        ray.shutdown()
+        ray_env.shutdown()
     print(
         f"pipeline: {result.tiles} tiles in {result.seconds:6.1f} s = {result.tiles_per_second:.3f} tiles/s (read, infer, stitch, COG write; actor start-up included)"
     )
