@@ -27,7 +27,7 @@ from tiling.formats.base import (
     SourceLimits,
 )
 from tiling.options import lookup_option
-from tiling.version import version
+from tiling.version import mark
 
 __all__ = [
     "InferenceConfig",
@@ -341,10 +341,7 @@ class PipelineConfig:
         name = type(model).__name__ if model is not None else "DeepLabV3-" + backbone.replace("resnet", "ResNet")
         weights = self.model.weights if model is None else None
         provenance = ModelProvenance(
-            name,
-            Path(weights).name if weights else None,
-            _sha256(weights) if weights else None,
-            f"tilewise {version()}",
+            name, Path(weights).name if weights else None, _sha256(weights) if weights else None, mark()
         )
         tiling = self.tiling
         plan = TilePlan(tiling.tile, float(tiling.overlap), str(tiling.edge), str(tiling.blend))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import metadata
 
-__all__ = ["version"]
+__all__ = ["mark", "version"]
 
 
 @cache
@@ -19,3 +19,8 @@ def version() -> str:
         return metadata.version("tilewise")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0.0.0"
+
+
+def mark() -> str:
+    """``tilewise <version>``: what every output records as the software that wrote it."""
+    return f"tilewise {version()}"

@@ -37,7 +37,7 @@ from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache 
 from tiling.formats.geotiff.qa import DISAGREEMENT_TAG, PLAN_TAG, QaFiles, qa_paths
 from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, source_datetime
 from tiling.formats.reference import MapReference
-from tiling.version import version
+from tiling.version import mark
 
 __all__ = ["DEFAULT_BLOCK", "CogSink", "probs_path_for"]
 
@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Internal tile size of the COG, and the stitcher's output block.
 DEFAULT_BLOCK = 256
-
-
-def _version() -> str:
-    """Tilewise's version, the mark that tells a mask tilewise wrote (see ``--overwrite``)."""
-    return f"tilewise {version()}"
 
 
 def probs_path_for(path: Path) -> Path:
@@ -228,14 +223,14 @@ class CogSink(Sink):
         ds = self._mask.ds
         ds.write_colormap(1, default_colormap(len(self.class_names)))
         ds.set_band_description(1, "class")
-        ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel", TILEWISE=_version())
+        ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel", TILEWISE=mark())
         ds.update_tags(1, **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
         if self.plan is not None:
             ds.update_tags(**{PLAN_TAG: json.dumps(self.plan.to_dict())})
         if self._probs is not None:
             for k, n in enumerate(self.class_names):
                 self._probs.ds.set_band_description(k + 1, f"p({n})")
-            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=_version())
+            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=mark())
 
     def record_qa(self, disagreement: Disagreement) -> None:
         """Store the measured disagreement in the mask's tags and the QA report."""
@@ -260,7 +255,7 @@ class CogSink(Sink):
                 part.convert(self.block[0])
             self._sidecars.write()
             if self._qa is not None:
-                self._qa.write(self._disagreement, _version())
+                self._qa.write(self._disagreement, mark())
             for part in self._parts:
                 part.publish()
             sidecars = self._sidecars.publish()
