@@ -49,6 +49,8 @@ def report(result: InferenceResult, requested_precision: str = "", tta: str = "n
         line += f", precision {result.precision}{chosen}"
     if tta == "flips":
         line += ", --tta flips (4 forward passes per tile)"
+    if result.model_seconds:
+        line += f"; model time {result.model_seconds:.1f} s"
     click.echo(line)
     qa = next((p for p in result.published if p.name.endswith(".qa.json")), None)
     if qa is not None:

@@ -71,6 +71,9 @@ class SceneOutput:
         stitch_spills: accumulator blocks spilled to disk.
         precision: the forward pass's precision where the model ran (what ``auto`` became).
         resumed: tiles not run because a killed run's journal held their blocks.
+        model_seconds: time the model actors spent on the scene's tiles (normalising, forward
+            pass, softmax), summed over actors: against ``seconds``, what the pipeline around
+            the model cost.
     """
 
     published: tuple[Path, ...]
@@ -82,6 +85,7 @@ class SceneOutput:
     stitch_spills: int
     precision: str = ""
     resumed: int = 0
+    model_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class _Scene:
     stitcher: Stitcher | None = None
     first: float | None = None
     precision: str = ""
+    model_seconds: float = 0.0
     failure: SceneFailure | None = None
     output: SceneOutput | None = None
     closed: bool = False
@@ -437,6 +442,8 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             sink, stitcher = scene.sink, scene.stitcher
         if not scene.precision and len(rows["precision"]):
             scene.precision = str(rows["precision"][0])
+        if "model_seconds" in rows:
+            scene.model_seconds += float(rows["model_seconds"].sum())
         if len(rows["index"]):
             scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
             for i, index in enumerate(rows["index"]):
@@ -450,6 +457,7 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             scene.output = SceneOutput(
                 published, len(scene.plan.grid), stitcher.skipped - scene.resumed, now - t0,
                 (scene.first or now) - t0, stitcher.peak_open_bytes, stitcher.spills, scene.precision, scene.resumed,
+                scene.model_seconds,
             )  # fmt: skip
             scene.closed = True
             if scene.journal is not None:

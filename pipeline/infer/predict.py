@@ -8,6 +8,8 @@ skipped and passed through.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -56,11 +58,17 @@ class PredictUDF:
         self.dtype = torch.float32 if self.predictor.precision is Precision.FP32 else torch.float16
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Class scores (n, K, t, t) for a batch of tiles; tiles marked ``skip`` get zeros."""
+        """Class scores (n, K, t, t) for a batch of tiles; tiles marked ``skip`` get zeros.
+
+        ``model_seconds`` gives each row an equal share of the time this call
+        took (normalising, the forward pass, the softmax, the copy back), so a
+        scene's rows add up to the time the model spent on it.
+        """
         # Ray Data may call this from another thread than __init__, and
         # OpenMP's thread count is per calling thread (Ray exports
         # OMP_NUM_THREADS=1): set it where the forward pass runs.
         torch.set_num_threads(self.threads)
+        started = time.perf_counter()
         images, valid, skip = batch["image"], batch["valid"], batch["skip"]
         run = ~skip
         if len(run) and run.all():  # the common case: no copy into a batch of zeros
@@ -70,11 +78,13 @@ class PredictUDF:
             scores = np.zeros((len(images), self.classes, *images.shape[2:]), np_dtype)
             if run.any():
                 scores[run] = self._scores(batch, run)
+        spent = time.perf_counter() - started  # the scores are on the host: a GPU has finished
         return {
             "scene": batch["scene"], "index": batch["index"], "scores": scores, "valid": valid, "skip": skip,
             "error": batch["error"], "internal": batch["internal"],
             # what "auto" became where the model runs (a cluster's GPUs may differ from the driver)
             "precision": np.full(len(images), str(self.predictor.precision), dtype=object),
+            "model_seconds": np.full(len(images), spent / max(1, len(images))),
         }  # fmt: skip
 
     def _scores(self, batch: dict[str, np.ndarray], rows: slice | np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ class InferenceResult:
     stitch_spills: int = 0  # accumulator blocks spilled to disk (0 unless the frontier outgrew its cap)
     published: tuple[Path, ...] = ()  # every path written, mask first
     precision: str = ""  # the forward pass's precision where the model ran (what "auto" became)
+    model_seconds: float = 0.0  # the model actors' time on this scene's tiles, summed over actors
 
     @property
     def tiles_per_second(self) -> float:
@@ -64,7 +65,7 @@ def _result(out: SceneOutput) -> InferenceResult:
     probs = next((p for p in out.published[1:] if ".probs." in p.name), None)
     return InferenceResult(
         out.published[0], probs, out.tiles, out.skipped, out.seconds, out.first_result_seconds,
-        out.stitch_peak_bytes, out.stitch_spills, out.published, out.precision,
+        out.stitch_peak_bytes, out.stitch_spills, out.published, out.precision, out.model_seconds,
     )  # fmt: skip
 
 

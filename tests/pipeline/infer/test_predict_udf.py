@@ -45,3 +45,18 @@ def test_skipped_tiles_get_zeros_and_the_others_the_same_scores_as_a_full_batch(
 def test_a_model_with_another_number_of_classes_is_one_line() -> None:
     with pytest.raises(ModelError, match="returned 3 class scores; 2 classes"):
         udf(3, 2)(batch(2, [False, False]))
+
+
+def test_each_row_carries_its_share_of_the_model_time() -> None:
+    class Slow(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import time
+
+            time.sleep(0.2)
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    u = PredictUDF(Slow(), ModelConfig(classes=2, precision="fp32"), bands=3, device="cpu", threads=1)
+    seconds = u(batch(4, [False, True, False, False]))["model_seconds"]
+    assert seconds.shape == (4,) and np.all(seconds == seconds[0])  # equal shares
+    assert 0.2 <= seconds.sum() < 2.0
+    assert u(batch(2, [True, True]))["model_seconds"].sum() < 0.2  # nothing ran
