@@ -11,6 +11,7 @@ from models import Normalization, Predictor
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, TilingConfig
 from pipeline.infer import infer_scene
 from tests.conftest import write_scene
+from tests.support.models import Slow
 from tiling import LABEL_NODATA
 from tiling.formats.geotiff.writer import probs_path_for
 
@@ -91,28 +92,14 @@ def test_user_model_with_wrong_bands_fails_before_any_output(ray_session, tmp_pa
     assert not (tmp_path / "m.tif").exists()
 
 
-class _Slow(torch.nn.Module):
-    """A 1x1 convolution that takes at least ``seconds`` per forward pass, without using the CPU."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.conv = pixel_model()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import time
-
-        time.sleep(self.seconds)
-        return self.conv(x)
-
-
 def test_the_result_says_how_long_the_model_took(ray_session, tmp_path) -> None:
     """``model_seconds`` adds up the model actor's time per batch: at least the model's own, at most the run's."""
     data = np.random.default_rng(1).integers(1, 255, (3, 100, 100), dtype=np.uint8)
     src = write_scene(tmp_path / "s.tif", data, block=32)
     result = infer_scene(
-        src, tmp_path / "m.tif", config("center"), model=_Slow(0.2), normalization=NORM, progress=False
+        src, tmp_path / "m.tif", config("center"), model=Slow(pixel_model(), 0.2), normalization=NORM, progress=False
     )
     batches = -(-(result.tiles - result.skipped) // 4)
     assert result.tiles == 9 and batches == 3  # 100 px in 64 px tiles with a stride of 48: 3 x 3 tiles
     assert 0.2 * batches <= result.model_seconds < result.seconds
+

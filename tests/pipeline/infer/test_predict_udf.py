@@ -9,6 +9,7 @@ import torch
 from models import ModelError
 from pipeline.config import ModelConfig
 from pipeline.infer.predict import PredictUDF
+from tests.support.models import Slow, pointwise
 
 
 def batch(n: int, skip: list[bool]) -> dict[str, np.ndarray]:
@@ -48,14 +49,7 @@ def test_a_model_with_another_number_of_classes_is_one_line() -> None:
 
 
 def test_each_row_carries_its_share_of_the_model_time() -> None:
-    class Slow(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            import time
-
-            time.sleep(0.2)
-            return torch.zeros(x.shape[0], 2, *x.shape[2:])
-
-    u = PredictUDF(Slow(), ModelConfig(classes=2, precision="fp32"), bands=3, device="cpu", threads=1)
+    u = PredictUDF(Slow(pointwise(), 0.2), ModelConfig(classes=2, precision="fp32"), bands=3, device="cpu", threads=1)
     seconds = u(batch(4, [False, True, False, False]))["model_seconds"]
     assert seconds.shape == (4,) and np.all(seconds == seconds[0])  # equal shares
     assert 0.2 <= seconds.sum() < 2.0
