@@ -420,8 +420,14 @@ def _route(
 
 
 def _no_rows() -> dict[str, np.ndarray]:
-    """The rows of no tile: what a scene whose every block was resumed receives."""
-    return {"index": np.zeros(0, np.int64), "error": np.zeros(0, object), "internal": np.zeros(0, bool)}
+    """The rows of no tile: what a scene whose every block was resumed receives.
+
+    Every column ``_route_scene`` reads before it looks at the tiles is there, empty.
+    """
+    return {
+        "index": np.zeros(0, np.int64), "error": np.zeros(0, object), "internal": np.zeros(0, bool),
+        "precision": np.zeros(0, object), "model_seconds": np.zeros(0),
+    }  # fmt: skip
 
 
 def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
@@ -442,8 +448,7 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             sink, stitcher = scene.sink, scene.stitcher
         if not scene.precision and len(rows["precision"]):
             scene.precision = str(rows["precision"][0])
-        if "model_seconds" in rows:
-            scene.model_seconds += float(rows["model_seconds"].sum())
+        scene.model_seconds += float(rows["model_seconds"].sum())
         if len(rows["index"]):
             scores, valid = scene.plan.layout.restore(rows["scores"], rows["valid"])
             for i, index in enumerate(rows["index"]):

@@ -103,3 +103,37 @@ def test_the_result_says_how_long_the_model_took(ray_session, tmp_path) -> None:
     assert result.tiles == 9 and batches == 3  # 100 px in 64 px tiles with a stride of 48: 3 x 3 tiles
     assert 0.2 * batches <= result.model_seconds < result.seconds
 
+
+def test_a_scene_whose_journal_holds_every_block_is_published_from_it(ray_session, tmp_path) -> None:
+    """A run killed after its last block but before publishing: the next run runs no tile and publishes the journal."""
+    import os
+    import re
+    import subprocess
+    from dataclasses import replace
+
+    from pipeline.infer.engine import run_plans
+    from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, adopt_journal
+    from pipeline.infer.plan import plan_scene
+    from tiling.core.windows import Window
+    from tiling.formats.base import temp_name
+
+    data = np.random.default_rng(2).integers(1, 255, (3, 100, 100), dtype=np.uint8)
+    src, out = write_scene(tmp_path / "s.tif", data, block=32), tmp_path / "m.tif"
+    cfg = config("center")
+    plan = plan_scene(0, src, out, cfg, NORM, pixel_model())
+    gone = subprocess.Popen(["true"])  # the killed run: a process of this host that no longer exists
+    gone.wait()
+    mine = temp_name(out, JOURNAL_SUFFIX)
+    journal = BlockJournal(mine.with_name(re.sub(rf"-{os.getpid()}-", f"-{gone.pid}-", mine.name)))
+    rows, cols = plan.grid.shape
+    for r in range(0, rows, plan.block[0]):
+        for c in range(0, cols, plan.block[1]):
+            shape = (min(plan.block[0], rows - r), min(plan.block[1], cols - c))
+            journal.append(Window((r, c), shape), np.full(shape, 1, np.uint8), np.full((3, *shape), 0.5, np.float32))
+    journal.close()
+    resume = adopt_journal(out, plan.grid, plan.block)
+    assert resume is not None and len(resume.todo) == 0
+    (result,) = run_plans([replace(plan, journal=True, resume=resume)], cfg, progress=False).values()
+    assert result.model_seconds == 0.0 and result.tiles == 9, result
+    with rasterio.open(out) as ds:
+        assert (ds.read(1) == 1).all()
