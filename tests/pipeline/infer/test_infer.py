@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import rasterio
@@ -10,9 +15,14 @@ import torch
 from models import Normalization, Predictor
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, TilingConfig
 from pipeline.infer import infer_scene
+from pipeline.infer.engine import run_plans
+from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, adopt_journal
+from pipeline.infer.plan import plan_scene
 from tests.conftest import write_scene
 from tests.support.models import Slow
 from tiling import LABEL_NODATA
+from tiling.core.windows import Window
+from tiling.formats.base import temp_name
 from tiling.formats.geotiff.writer import probs_path_for
 
 NORM = Normalization(mean=(128.0, 128.0, 128.0), std=(64.0, 64.0, 64.0))
@@ -106,17 +116,6 @@ def test_the_result_says_how_long_the_model_took(ray_session, tmp_path) -> None:
 
 def test_a_scene_whose_journal_holds_every_block_is_published_from_it(ray_session, tmp_path) -> None:
     """A run killed after its last block but before publishing: the next run runs no tile and publishes the journal."""
-    import os
-    import re
-    import subprocess
-    from dataclasses import replace
-
-    from pipeline.infer.engine import run_plans
-    from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, adopt_journal
-    from pipeline.infer.plan import plan_scene
-    from tiling.core.windows import Window
-    from tiling.formats.base import temp_name
-
     data = np.random.default_rng(2).integers(1, 255, (3, 100, 100), dtype=np.uint8)
     src, out = write_scene(tmp_path / "s.tif", data, block=32), tmp_path / "m.tif"
     cfg = config("center")
