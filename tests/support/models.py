@@ -79,3 +79,77 @@ class Slow(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.seconds)
         return self.conv(x)
+
+
+class Gated(nn.Module):
+    """A 1x1 conv whose forward passes wait for the test's permission: a run held where the test wants it.
+
+    The test writes a number into ``gate`` (how many forward passes may run) or
+    ``open`` (all of them); without the file, none may. A forward pass that must
+    wait writes its number into ``gate + ".waiting"`` first, so the test knows the
+    run is held there. Nothing depends on how fast the machine is.
+
+    Args:
+        conv: the convolution that computes the scores.
+        gate: the file the test controls (see :class:`Gate`).
+    """
+
+    def __init__(self, conv: nn.Conv2d, gate: str) -> None:
+        super().__init__()
+        self.conv = conv
+        self.gate = gate
+        self.calls = 0
+
+    def _allowed(self) -> float:
+        try:
+            text = Path(self.gate).read_text().strip()
+        except FileNotFoundError:
+            return 0
+        return float("inf") if text == "open" else int(text or 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self._allowed() < self.calls:
+            Path(self.gate + ".waiting").write_text(str(self.calls))
+            while self._allowed() < self.calls:
+                time.sleep(0.02)
+        return self.conv(x)
+
+
+class Gate:
+    """The test's side of :class:`Gated`: allow forward passes, and see where the run is held."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "gate"
+        self.waiting = folder / "gate.waiting"
+
+    def model(self, conv: nn.Conv2d | None = None) -> Gated:
+        """A gated 1x1 conv (``pointwise()`` by default) that obeys this gate."""
+        return Gated(conv if conv is not None else pointwise(), str(self.path))
+
+    def allow(self, calls: int) -> None:
+        """Let the first ``calls`` forward passes run (all of them so far, in every actor)."""
+        self.path.write_text(str(calls))
+
+    def open(self) -> None:
+        """Let every forward pass run."""
+        self.path.write_text("open")
+
+    def held_at(self) -> int:
+        """The number of the forward pass that is waiting (0 if none has waited yet)."""
+        try:
+            return int(self.waiting.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def wait_until_held(self, at: int, timeout: float = 300) -> None:
+        """Return once forward pass ``at`` (or a later one) waits at the gate.
+
+        Raises:
+            AssertionError: if none does within ``timeout`` seconds (the run died or never started).
+        """
+        deadline = time.monotonic() + timeout
+        while self.held_at() < at:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no forward pass waited at the gate within {timeout:g} s")
+            time.sleep(0.05)

@@ -2,9 +2,10 @@
 
 Run as a script (its own Ray cluster, apart from the test session's Ray):
 ``python -m tests.pipeline.batch.node_loss_job CLEAN ARCHIVE OUT``. One batch segments CLEAN's
-scenes, then ARCHIVE's; once the first block of ARCHIVE's first scene is journaled (CLEAN's masks
-are then published, made before any loss), the node of the model actor is removed. It prints
-``REMOVED <whether the node held the model actor>`` and the run's exit code and summary.
+scenes, then ARCHIVE's, with a gated model that runs one forward pass at a time; once the first
+block of ARCHIVE's first scene is journaled (CLEAN's masks are then published, made before any
+loss), the node of the model actor is removed while the model is held, then the gate opens. It
+prints ``REMOVED <whether the node held the model actor>`` and the run's exit code and summary.
 """
 
 from __future__ import annotations
@@ -21,22 +22,26 @@ from ray.cluster_utils import Cluster
 from models import Normalization
 from pipeline.batch import run_batch
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
-from tests.support.models import Slow, pointwise
+from tests.support.models import Gate
 
 NORM = Normalization((128.0,) * 3, (64.0,) * 3)
 STORE = 80 * 2**20
 
 
-def remove_a_node_mid_run(cluster: Cluster, workers: list, out: Path) -> None:
+def remove_a_node_mid_run(cluster: Cluster, workers: list, out: Path, gate: Gate) -> None:
     """Once the first output block of s0 is journaled, remove the worker node that holds the model actor."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(p.stat().st_size for p in out.glob(".s0_mask.tif.*.journal")):
-        time.sleep(0.05)
+    allowed = 0
+    while not any(p.stat().st_size for p in out.glob(".s0_mask.tif.*.journal")):
+        allowed += 1
+        gate.allow(allowed)
+        gate.wait_until_held(allowed + 1)
+        time.sleep(0.3)  # the last pass's tiles reach the stitcher and its journal
     table = ray_state.actors(actor_state_name="ALIVE").values()  # from the GCS; the dashboard is off
     node = next((a["Address"]["NodeID"] for a in table if "PredictUDF" in a["ActorClassName"]), None)
     victim = next((w for w in workers if w.node_id == node), workers[0])
     cluster.remove_node(victim)
     print("REMOVED", victim.node_id == node, flush=True)
+    gate.open()
 
 
 def main(clean: Path, archive: Path, out: Path) -> None:
@@ -47,8 +52,9 @@ def main(clean: Path, archive: Path, out: Path) -> None:
         TilingConfig(tile=64), ModelConfig(classes=2, precision="fp32"),
         InferenceConfig(batch=4, stall_timeout=180, max_restarts=3), RayConfig(address=cluster.address),
     )  # fmt: skip
-    threading.Thread(target=remove_a_node_mid_run, args=(cluster, workers, out), daemon=True).start()
-    model = Slow(pointwise(), 0.05)
+    gate = Gate(out.parent)
+    threading.Thread(target=remove_a_node_mid_run, args=(cluster, workers, out, gate), daemon=True).start()
+    model = gate.model()
     run = run_batch([str(clean), str(archive)], out, cfg, model=model, normalization=NORM, progress=False)
     print("RUN", run.exit_code, run.summary().replace("\n", " | "), flush=True)
     ray.shutdown()

@@ -24,7 +24,7 @@ from pipeline.batch import EXIT_OK
 from pipeline.cli import cli
 from pipeline.infer.journal import count_records
 from tests.conftest import write_scene
-from tests.support.models import Slow, pointwise
+from tests.support.models import Gate
 
 ROOT = Path(__file__).resolve().parents[3]
 NORM = Normalization((128.0,) * 3, (64.0,) * 3)
@@ -60,24 +60,30 @@ def test_a_killed_batch_is_finished_by_the_next_run_with_identical_masks(ray_ses
     scenes = [
         write_scene(archive / f"s{i}.tif", rng.integers(1, 255, (3, n, n), np.uint8)) for i, n in enumerate(sides)
     ]
+    gate = Gate(tmp_path)
     script = textwrap.dedent(f"""
+        from pathlib import Path
         from models import Normalization
         from pipeline.batch import run_batch
         from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
-        from tests.support.models import Slow, pointwise
+        from tests.support.models import Gate
         cfg = PipelineConfig(TilingConfig(tile=64), ModelConfig(classes=2, precision="fp32"),
                              InferenceConfig(batch=4), RayConfig(num_cpus=2))
-        run_batch([{str(archive)!r}], {str(out)!r}, cfg, model=Slow(pointwise(), 0.1),
+        run_batch([{str(archive)!r}], {str(out)!r}, cfg, model=Gate(Path({str(tmp_path)!r})).model(),
                   normalization=Normalization((128.0,) * 3, (64.0,) * 3), progress=False)
     """)
     run = subprocess.Popen(
         [sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while journaled(out) < 3 and time.monotonic() < deadline:
-        assert run.poll() is None, run.communicate()[0][-3000:]
-        time.sleep(0.2)
+    # one forward pass at a time until three blocks of s1 are journaled: the run is held there, however fast
+    allowed = 0
+    while journaled(out) < 3:
+        assert run.poll() is None and allowed < 100, run.communicate()[0][-3000:]
+        allowed += 1
+        gate.allow(allowed)
+        gate.wait_until_held(allowed + 1)
+        time.sleep(0.3)  # the last pass's tiles reach the stitcher and its journal
     run.send_signal(signal.SIGKILL)
     run.communicate(timeout=60)
     finished = done(out)
@@ -85,6 +91,7 @@ def test_a_killed_batch_is_finished_by_the_next_run_with_identical_masks(ray_ses
     blocks = journaled(out)
     assert 3 <= blocks < 9 and temporaries(out), "the killed run left its journal and temporary files"
 
+    gate.open()  # the same model, no longer held
     # the re-run also segments untouched copies of every scene: the masks of a run never killed
     clean = tmp_path / "clean"
     clean.mkdir()
@@ -94,7 +101,7 @@ def test_a_killed_batch_is_finished_by_the_next_run_with_identical_masks(ray_ses
         cli,
         ["batch", str(archive), str(clean), "--out", str(out), "--tile", "64", "--batch", "4", "--classes", "2",
          "--precision", "fp32", "--no-progress"],
-        obj={"model": Slow(pointwise(), 0.0), "normalization": NORM}, catch_exceptions=False,
+        obj={"model": gate.model(), "normalization": NORM}, catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == EXIT_OK, result.output
     report = json.loads((out / ".tilewise" / "runs" / "latest.json").read_text())

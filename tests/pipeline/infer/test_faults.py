@@ -23,7 +23,7 @@ from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, Tiling
 from pipeline.infer import infer_scene
 from pipeline.infer.engine import WorkerDiedError
 from tests.conftest import write_scene
-from tests.support.models import KillsItsProcess, marker_path, pointwise
+from tests.support.models import Gate, KillsItsProcess, marker_path, pointwise
 from tiling.core.stitch import SPILL_PREFIX, remove_stale_spill_dirs
 from tiling.errors import SinkError
 
@@ -39,30 +39,29 @@ def cfg(**inference) -> PipelineConfig:
     )
 
 
-def cli(*args: object, timeout: float = 300, **popen) -> subprocess.Popen:
-    """Start ``python -m pipeline ...`` in a fresh process (its own embedded Ray)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
-    )  # fmt: skip
-
-
 def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def wait_until_stitching(run: subprocess.Popen, folder: Path, timeout: float = 240) -> None:
-    """Wait until the sink's temporary files have lasted a second (planning opens and aborts
-    a sink at once, so a file that stays is the running sink's)."""
-    deadline = time.monotonic() + timeout
-    while run.poll() is None and time.monotonic() < deadline:
+def wait_until_stitching(run: subprocess.Popen, folder: Path, gate: Gate) -> None:
+    """Let the gated model run one forward pass at a time until the sink's temporary files are there.
+
+    Ray Data hands results on in blocks of several batches, so the first stitched
+    tiles come some passes after the first. Planning opens and aborts a sink at
+    once, so files that are still there while the run is held are the running
+    sink's. The run never gets further than the passes allowed, however fast the machine.
+    """
+    allowed = 1
+    while True:
+        gate.wait_until_held(allowed + 1)
         if hidden(folder):
-            time.sleep(1.0)
+            time.sleep(0.5)  # the batch that was let through may still be on its way to the stitcher
             if hidden(folder):
                 return
-        time.sleep(0.1)
-    raise AssertionError(f"the run never started stitching: {run.communicate(timeout=30)[0]}")
+        if run.poll() is not None or allowed > 200:
+            raise AssertionError(f"the run never started stitching: {run.communicate(timeout=30)[0]}")
+        allowed += 1
+        gate.allow(allowed)
 
 
 def test_an_actor_killed_once_is_restarted_and_the_mask_is_unchanged(ray_session, tmp_path, scene_factory) -> None:
@@ -123,26 +122,41 @@ def test_actors_that_would_hold_every_cpu_leave_room_for_the_readers(ray_session
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
+def held_run(tmp_path: Path, script: str) -> tuple[subprocess.Popen, Gate]:
+    """Start ``script`` in a fresh process whose model (``gate.model()``) is held after its first forward pass."""
+    gate = Gate(tmp_path / "gate")
+    gate.path.parent.mkdir()
+    gate.allow(1)
+    header = textwrap.dedent(f"""
+        from pathlib import Path
+        from models import Normalization
+        from tests.support.models import Gate
+        gate = Gate(Path({str(gate.path.parent)!r}))
+        NORM = Normalization((128.0,) * 3, (64.0,) * 3)
+    """)
+    run = subprocess.Popen(
+        [sys.executable, "-c", header + textwrap.dedent(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    return run, gate
+
+
 def test_a_killed_runs_leftovers_are_removed_by_the_next_run(ray_session, tmp_path) -> None:
     src = write_scene(tmp_path / "scene.tif", np.random.default_rng(0).integers(1, 255, (3, 256, 256), np.uint8))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "m.tif"
-    script = textwrap.dedent(f"""
-        from models import Normalization
+    run, gate = held_run(
+        tmp_path,
+        f"""
         from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
         from pipeline.infer import infer_scene
-        from tests.support.models import Slow, pointwise
         cfg = PipelineConfig(TilingConfig(tile=32), ModelConfig(classes=2, precision="fp32", channels_last=False),
                              InferenceConfig(batch=2), RayConfig(num_cpus=2))
-        infer_scene({str(src)!r}, {str(out)!r}, cfg, model=Slow(pointwise(), 0.3),
-                    normalization=Normalization((128.0,) * 3, (64.0,) * 3), progress=False)
-    """)
-    run = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    wait_until_stitching(run, out_dir)
+        infer_scene({str(src)!r}, {str(out)!r}, cfg, model=gate.model(), normalization=NORM, progress=False)
+    """,
+    )
+    wait_until_stitching(run, out_dir, gate)  # the run cannot finish while the gate holds
     run.send_signal(signal.SIGKILL)
     run.communicate(timeout=60)
     assert hidden(out_dir) and not out.exists(), "the killed run left temporary files and no mask"
@@ -152,17 +166,27 @@ def test_a_killed_runs_leftovers_are_removed_by_the_next_run(ray_session, tmp_pa
 
 
 def test_sigterm_aborts_cleanly_with_status_143(tmp_path) -> None:
-    src = write_scene(tmp_path / "scene.tif", np.random.default_rng(1).integers(1, 255, (3, 256, 256), np.uint8))
-    out = tmp_path / "m.tif"
-    # 9 tiles of ResNet-101 at 128 px, one at a time: slow enough to be caught mid-run
-    run = cli("infer", src, "--out", out, "--tile", 128, "--batch", 1, "--precision", "fp32", "--no-progress")
-    wait_until_stitching(run, tmp_path)
+    """The CLI (its own Ray), held by a gated model after its first batch: SIGTERM ends it with 143 and nothing left."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    src = write_scene(folder / "scene.tif", np.random.default_rng(1).integers(1, 255, (3, 256, 256), np.uint8))
+    out = folder / "m.tif"
+    run, gate = held_run(
+        tmp_path,
+        f"""
+        from pipeline.cli import cli
+        args = ["infer", {str(src)!r}, "--out", {str(out)!r}, "--tile", "32", "--batch", "2", "--precision", "fp32",
+                "--num-cpus", "2", "--no-progress"]
+        cli.main(args=args, obj={{"model": gate.model(), "normalization": NORM}}, prog_name="tilewise")
+    """,
+    )
+    wait_until_stitching(run, folder, gate)
     run.send_signal(signal.SIGTERM)
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 143, output
     assert "terminated; nothing written at" in output and "Traceback" not in output
     assert "SIGTERM handler is not set" not in output, "Ray's notice is noise: the CLI handles SIGTERM itself"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"], "no mask, no temporary files"
+    assert sorted(p.name for p in folder.iterdir()) == ["scene.tif"], "no mask, no temporary files"
 
 
 @pytest.fixture
@@ -190,7 +214,9 @@ def test_a_disk_too_full_to_start_is_one_line_through_the_cli(tmp_path, small_di
     filler = small_disk / "filler.bin"
     filler.write_bytes(b"x" * (60 * 1024))  # the user's own file: it must stay
     out = small_disk / "m.tif"
-    result = run_cli("infer", scene_factory(64, 64), "--out", out, "--tile", 64, "--backbone", "resnet50")
+    result = run_cli(
+        "infer", scene_factory(64, 64), "--out", out, "--tile", 64, "--backbone", "resnet50", "--random-weights", 0
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "no space left on the device" in errors[0], result.output
