@@ -316,6 +316,13 @@ def _skeleton(backbone: Backbone, classes: int, in_channels: int) -> nn.Module:
     return model
 
 
+def _seeded_skeleton(backbone: Backbone, classes: int, in_channels: int, seed: int) -> nn.Module:
+    """:func:`_skeleton` initialised from ``seed``, leaving torch's global random state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _skeleton(backbone, classes, in_channels)
+
+
 def _checked(backbone: Backbone | str, classes: int, in_channels: int) -> Backbone:
     """The backbone, once the class and band counts are known to be positive."""
     if classes < 1 or in_channels < 1:
@@ -360,6 +367,7 @@ def build_model(
     classes: int = 2,
     in_channels: int = 3,
     weights: str | Path | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """DeepLabV3 with ``classes`` outputs and ``in_channels`` input bands, in eval mode.
 
@@ -372,6 +380,9 @@ def build_model(
         classes: number of output classes K.
         in_channels: number of input bands C.
         weights: a local checkpoint; random initialisation when None.
+        seed: seeds whatever starts fresh (the whole model without ``weights``, or a
+            head replaced for another class count), so every process that builds
+            the model builds the same one; torch's global random state is left as it was.
 
     Raises:
         WeightsError: if the checkpoint cannot be read or does not fit the backbone.
@@ -380,10 +391,10 @@ def build_model(
     """
     backbone = _checked(backbone, classes, in_channels)
     if weights is None:
-        return _skeleton(backbone, classes, in_channels).eval()
+        return _seeded_skeleton(backbone, classes, in_channels, seed).eval()
     model, sd, reinit = _fitted_weights(backbone, classes, in_channels, weights)
     if reinit:  # a head (or the whole classifier) starts fresh: initialise, then copy the rest in
-        model = _skeleton(backbone, classes, in_channels)
+        model = _seeded_skeleton(backbone, classes, in_channels, seed)
         model.load_state_dict(sd, strict=False)
     else:  # the file's tensors, in each parameter's dtype and plain layout, as copying in would leave them
         expected = model.state_dict()

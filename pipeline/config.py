@@ -141,7 +141,10 @@ class ModelConfig:
 
     backbone: Backbone | str = Backbone.RESNET101
     classes: int = 2
-    weights: str | None = None  # local checkpoint; None = random initialisation
+    weights: str | None = None  # local checkpoint (a model.pt from tilewise train, or torchvision's)
+    # No weights is a random, untrained network whose masks mean nothing: asked for by its seed,
+    # so that two runs (and a killed run and its resumption) use the same network.
+    random_weights: int | None = None
     # bf16 only where the hardware computes it natively: emulated bf16 is ~4x slower than fp32
     precision: Precision | str = Precision.AUTO
     channels_last: bool = True
@@ -161,6 +164,15 @@ class ModelConfig:
             raise ConfigError(f"classes: must be between 1 and 254 (255 marks nodata), got {self.classes!r}")
         if self.class_names is not None and len(self.class_names) != self.classes:
             raise ConfigError(f"class_names: {len(self.class_names)} names for {self.classes} classes")
+        if self.random_weights is not None:
+            seed = self.random_weights
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+                raise ConfigError(f"random_weights: the seed must be a whole number >= 0, got {seed!r}")
+            if self.weights is not None:
+                raise ConfigError(
+                    f"random_weights: a seed for a random model was given with weights {self.weights}; "
+                    "pass --weights or --random-weights, not both"
+                )
         backbone = lookup_option(self.backbone, Backbone, "backbone")
         precision = lookup_option(self.precision, Precision, "precision")
         tta = lookup_option(self.tta, TTA, "tta")
@@ -170,6 +182,18 @@ class ModelConfig:
     def names(self) -> list[str]:
         """Class names, ``class_0`` ... where none were given."""
         return list(self.class_names or (f"class_{k}" for k in range(self.classes)))
+
+    def require_weights(self) -> None:
+        """Refuse to build DeepLabV3 without weights unless a random model was asked for by its seed.
+
+        Raises:
+            ConfigError: one line saying what to pass.
+        """
+        if self.weights is None and self.random_weights is None:
+            raise ConfigError(
+                "no model weights: pass --weights model.pt (a model from tilewise train, or torchvision "
+                "DeepLabV3 weights), or --random-weights SEED for an untrained network whose masks mean nothing"
+            )
 
 
 @dataclass(frozen=True)
@@ -340,9 +364,9 @@ class PipelineConfig:
         backbone = str(getattr(self.model.backbone, "value", self.model.backbone))
         name = type(model).__name__ if model is not None else "DeepLabV3-" + backbone.replace("resnet", "ResNet")
         weights = self.model.weights if model is None else None
-        provenance = ModelProvenance(
-            name, Path(weights).name if weights else None, _sha256(weights) if weights else None, mark()
-        )
+        seed = self.model.random_weights if model is None else None
+        label = Path(weights).name if weights else (f"random initialisation, seed {seed}" if seed is not None else None)
+        provenance = ModelProvenance(name, label, _sha256(weights) if weights else None, mark())
         tiling = self.tiling
         plan = TilePlan(tiling.tile, float(tiling.overlap), str(tiling.edge), str(tiling.blend))
         return SinkRequest(

@@ -276,6 +276,8 @@ def _run(
     if retries < 0:
         raise ConfigError(f"retries: must be 0 or more, got {retries!r}")
     cfg, trained = apply_export((config or PipelineConfig()).validate())
+    if model is None:
+        cfg.model.require_weights()
     entries = discover(sources, out)
     report = BatchReport(remote or str(out))
     with tqdm(total=len(entries), unit="scene", desc="scenes", disable=not progress, position=0) as bar:

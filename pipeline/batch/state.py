@@ -160,9 +160,9 @@ def input_fingerprint(src: str) -> dict[str, Any]:
 def model_fingerprint(cfg: PipelineConfig, model: torch.nn.Module | None = None) -> str:
     """The model that makes the masks: SHA-256 of the weights file, of a given module's state, or its random init.
 
-    A random initialisation (no ``--weights``) is named by backbone and
-    classes only: it is not reproducible, so a re-run with it skips scenes
-    like any other model rather than redoing every scene every time.
+    A random initialisation is named by backbone, classes and its seed
+    (``--random-weights``): the same seed builds the same network in every
+    process, so a re-run skips or resumes scenes as with a weights file.
     """
     if model is not None:
         h = hashlib.sha256(type(model).__qualname__.encode())
@@ -172,7 +172,7 @@ def model_fingerprint(cfg: PipelineConfig, model: torch.nn.Module | None = None)
         return f"module:{type(model).__name__}:sha256:{h.hexdigest()}"
     backbone = str(getattr(cfg.model.backbone, "value", cfg.model.backbone))
     if cfg.model.weights is None:
-        return f"random-init:deeplabv3_{backbone}:{cfg.model.classes}"
+        return f"random-init:deeplabv3_{backbone}:{cfg.model.classes}:seed={cfg.model.random_weights}"
     provenance = cfg.sink_request().provenance
     return f"deeplabv3_{backbone}:sha256:{provenance.weights_sha256 if provenance else ''}"
 

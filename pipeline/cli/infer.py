@@ -32,12 +32,19 @@ def _catch_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], progress: bool) -> None:
+def run_infer(
+    sources: tuple[Path, ...], out: Path, values: dict[str, Any], progress: bool, embedded: dict[str, Any] | None = None
+) -> None:
     """Segment ``sources`` into ``out`` with the config the flag ``values`` describe, then make the products.
+
+    ``embedded`` is what a program embedding tilewise handed in (``model``,
+    ``normalization``), as ``tilewise batch`` takes it.
 
     User errors end as one ``Error:`` line and exit status 1; in a batch the
     other scenes still finish.
     """
+    model = (embedded or {}).get("model")
+    norm = (embedded or {}).get("normalization")
     from pipeline.errors import USER_ERRORS
     from pipeline.ray_env import start_ray
 
@@ -51,6 +58,8 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
         from pipeline.products import check_products, make_products
 
         cfg: PipelineConfig = build_config(values).validate()
+        if model is None:
+            cfg.model.require_weights()
         batch = len(sources) > 1
         if batch and not out.is_dir():
             raise click.ClickException(f"{out}: with several sources, --out must be an existing folder")
@@ -58,11 +67,11 @@ def run_infer(sources: tuple[Path, ...], out: Path, values: dict[str, Any], prog
             sink_options(output_format(out, cfg.output_format), cfg.output.sink_options())
         check_products(cfg, _masks(sources, out, cfg, batch), batch)
         if not batch:
-            result = infer_scene(sources[0], out, cfg, progress=progress)
+            result = infer_scene(sources[0], out, cfg, model=model, normalization=norm, progress=progress)
             report(result, str(cfg.model.precision), str(cfg.model.tta))
             report_products(make_products(sources[0], result.mask, result.probs, cfg, progress=progress))
             return
-        outcome = infer_many(list(sources), out, cfg, progress=progress)
+        outcome = infer_many(list(sources), out, cfg, progress=progress, model=model)
     except USER_ERRORS as e:
         raise click.ClickException(one_line(sources[0], e)) from None
     except KeyboardInterrupt:
@@ -109,7 +118,8 @@ def _masks(sources: tuple[Path, ...], out: Path, cfg: PipelineConfig, batch: boo
 )  # fmt: skip
 @config_options()
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def infer(src: tuple[Path, ...], out: Path, progress: bool, **values: Any) -> None:
+@click.pass_context
+def infer(ctx: click.Context, /, src: tuple[Path, ...], out: Path, progress: bool, **values: Any) -> None:
     """Segment SRC into a mask at OUT.
 
     SRC is a GeoTIFF/COG, a DICOM series folder, a DICOM file (enhanced
@@ -124,4 +134,5 @@ def infer(src: tuple[Path, ...], out: Path, progress: bool, **values: Any) -> No
     A COG mask comes with a QGIS style (.qml) and a STAC Item (.json).
     --vector adds polygons per class (GeoPackage), --quicklook a PNG.
     """
-    run_infer(src, out, values, progress)
+    # a program embedding tilewise may hand a model in: cli.main(args, obj={"model": m, "normalization": n})
+    run_infer(src, out, values, progress, ctx.find_root().obj)

@@ -42,7 +42,8 @@ class PredictUDF:
         self.threads = threads
         torch.set_num_threads(threads)
         if model is None:
-            model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights)
+            seed = model_config.random_weights or 0  # also seeds a head replaced for another class count
+            model = build_model(model_config.backbone, model_config.classes, bands, model_config.weights, seed=seed)
         self.classes = model_config.classes
         self.predictor = Predictor(
             model,

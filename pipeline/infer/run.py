@@ -109,6 +109,8 @@ def infer_scene(
     ray_env.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scene is planned
     # weights exported by `tilewise train` carry classes, bands and the training normalisation
     cfg, trained_norm = apply_export(cfg)
+    if model is None:
+        cfg.model.require_weights()
     normalization = normalization or trained_norm
     plan = plan_scene(0, src, out, cfg, normalization, model)
     check_outputs([plan], cfg.overwrite)
@@ -162,6 +164,8 @@ def infer_many(
     cfg = (config or PipelineConfig()).validate()
     ray_env.start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_mb)  # starts while the scenes are planned
     cfg, trained_norm = apply_export(cfg)
+    if model is None:
+        cfg.model.require_weights()
     outcome: dict[Path, InferenceResult | Exception] = {}
     plans: list[ScenePlan] = []
 

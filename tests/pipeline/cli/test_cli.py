@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from click.testing import CliRunner
 
 from models import build_model, cpu_has_native_bf16
-from pipeline.cli import cli
 from tests.conftest import write_scene
+from tests.support.cli import run as support_run
 
 
 def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return support_run(*args)
 
 
 def assert_clean_failure(result, out, *needles: str) -> None:

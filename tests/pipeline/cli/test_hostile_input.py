@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from models import build_model
-from pipeline.cli import cli
 from tests.conftest import digest, write_scene
 from tests.support import hostile
+from tests.support.cli import run as support_run
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +46,7 @@ def assert_refused(
     before = {p: digest(p) for p in {src, named}}
     listing = sorted(out.parent.iterdir())
     argv = ["infer", str(src), "--out", str(out), "--backbone", "resnet50", "--no-progress"]
-    result = CliRunner().invoke(cli, [*argv, *map(str, args)], catch_exceptions=False)
+    result = support_run(*argv, *args)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]

@@ -29,7 +29,19 @@ def test_toy_npy_format_runs_end_to_end_through_the_cli(ray_session, tmp_path, n
     np.save(src, rng.integers(0, 255, (3, 70, 90), dtype=np.uint8))
     result = CliRunner().invoke(
         cli,
-        ["infer", str(src), "--out", str(out), "--tile", "64", "--backbone", "resnet50", "--no-progress"],
+        [
+            "infer",
+            str(src),
+            "--out",
+            str(out),
+            "--tile",
+            "64",
+            "--backbone",
+            "resnet50",
+            "--random-weights",
+            "0",
+            "--no-progress",
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

@@ -82,7 +82,9 @@ def test_pipeline_output_equals_whole_image_prediction(ray_session, tmp_path, bl
 
 def test_real_scene_keeps_georeferencing_and_nodata(ray_session, tmp_path, rgb_byte) -> None:
     out = tmp_path / "m.tif"
-    cfg = PipelineConfig(TilingConfig(tile=128), ModelConfig(backbone="resnet50", classes=3), InferenceConfig(batch=8))
+    cfg = PipelineConfig(
+        TilingConfig(tile=128), ModelConfig(backbone="resnet50", classes=3, random_weights=0), InferenceConfig(batch=8)
+    )
     result = infer_scene(rgb_byte, out, cfg, progress=False)
     with rasterio.open(rgb_byte) as src, rasterio.open(out) as m:
         assert (m.crs, m.transform, m.width, m.height) == (src.crs, src.transform, src.width, src.height)

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from tests.conftest import SHARED, digest, write_scene
+from tests.support.cli import run as support_run
 
 LANDSAT = SHARED / "zarr" / "rgb_byte_landsat.ome.zarr"
 FAST = ("--tile", "64", "--backbone", "resnet50", "--no-progress")
 
 
 def run(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return support_run(*args)
 
 
 def listing(folder: Path) -> list[str]:

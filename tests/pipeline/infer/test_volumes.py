@@ -15,14 +15,13 @@ import pydicom
 import pytest
 import torch
 import zarr
-from click.testing import CliRunner
 from pydicom.uid import generate_uid
 
 from models import Normalization, Predictor
-from pipeline.cli import cli
 from pipeline.config import InferenceConfig, InputConfig, ModelConfig, PipelineConfig, TilingConfig
 from pipeline.infer import infer_scene
 from tests.conftest import SHARED
+from tests.support.cli import run as support_run
 from tiling import Window
 from tiling.core import TileLayout
 from tiling.formats.dicom.series import DicomSeriesSource
@@ -143,7 +142,7 @@ def test_other_slice_axis_reads_coronal_slices() -> None:
 
 
 def run_cli(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return support_run(*args)
 
 
 def assert_clean_failure(result, out: Path, *needles: str) -> None:
