@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint docs install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# the documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or API page
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_efficiency.py
 	$(PY) benchmarks/memory_vs_scene.py
 
 clean:
-	rm -rf $(VENV) tilewise-demo .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) tilewise-demo .pytest_cache .hypothesis .mypy_cache .ruff_cache build dist site

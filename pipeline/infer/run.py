@@ -152,13 +152,13 @@ def infer_many(
 
     Every output is planned first: two sources that would write the same
     mask, or a mask that would land on an input, are refused before any work.
+    Errors that are not user errors (bugs) propagate.
 
     Returns:
         For each source, its result or the user error that stopped it.
 
     Raises:
         ConfigError: if two scenes would write the same mask, or a mask is an input.
-        Errors that are not user errors (bugs) propagate.
     """
     started = time.perf_counter()
     cfg = (config or PipelineConfig()).validate()
