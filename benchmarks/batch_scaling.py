@@ -69,7 +69,7 @@ def make_archive(root: Path, small: int, large: int, large_size: int) -> tuple[P
 def config(args: argparse.Namespace, actors: int) -> PipelineConfig:
     return PipelineConfig(
         TilingConfig(tile=args.tile, overlap=0.25),
-        ModelConfig(backbone=args.backbone, classes=2, precision="fp32"),
+        ModelConfig(backbone=args.backbone, classes=2, precision="fp32", random_weights=0),
         InferenceConfig(batch=args.batch, actors=actors),
         RayConfig(num_cpus=args.cpus),
     )

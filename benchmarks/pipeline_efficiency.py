@@ -77,7 +77,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     cfg = PipelineConfig(
         TilingConfig(tile=args.tile, overlap=0.25),
-        ModelConfig(backbone=args.backbone, classes=2, precision=args.precision),
+        ModelConfig(backbone=args.backbone, classes=2, precision=args.precision, random_weights=0),
         InferenceConfig(batch=args.batch),
         RayConfig(num_cpus=cpus),
     )
