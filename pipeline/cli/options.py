@@ -262,7 +262,12 @@ FLAGS: tuple[Flag, ...] = (
         "Accept a source without CRS (the mask keeps only the pixel grid).",
         is_flag=True,
     ),
-    Flag("--format", None, "output_format", "Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+    Flag(
+        "--format",
+        None,
+        "output_format",
+        "Mask format (default: from --out's extension: .tif, .zarr, .dcm, or the .zarr store --out lies in).",
+    ),
     Flag(
         "--seg-type",
         "output",
