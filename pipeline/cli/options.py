@@ -283,6 +283,12 @@ FLAGS: tuple[Flag, ...] = (
         click.Path(dir_okay=False),
     ),
     Flag(
+        "--seg-creator",
+        "output",
+        "seg_creator",
+        "DICOM SEG only: ContentCreatorName, a DICOM person name such as Doe^Jane (default: tilewise^automatic).",
+    ),
+    Flag(
         "--vector",
         "products",
         "vector",

@@ -262,6 +262,17 @@ def test_option_for_another_format_is_refused(tmp_path) -> None:
     assert_clean_failure(run_cli("infer", LANDSAT, "--out", out, "--series", "1.2.3"), out, "--series")
 
 
+def test_a_seg_creator_that_is_no_person_name_or_for_another_format_is_refused(tmp_path) -> None:
+    out = tmp_path / "seg.dcm"
+    assert_clean_failure(
+        run_cli("infer", CT5N, "--out", out, "--seg-creator", "Doe\\Jane"), out, "seg_creator", "person"
+    )
+    out = tmp_path / "m.zarr"
+    assert_clean_failure(
+        run_cli("infer", LANDSAT, "--out", out, "--seg-creator", "Doe^Jane"), out, "--seg-creator", "dicom-seg"
+    )
+
+
 def test_whole_slide_image_to_dicom_seg_and_ome_zarr(ray_session, tmp_path) -> None:
     slide = SHARED / "dicom" / "highdicom" / "sm_image.dcm"
     model = pixel_model(3)
