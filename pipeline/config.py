@@ -268,10 +268,11 @@ class OutputConfig:
 
     seg_type: str | None = None  # DICOM SEG: binary (the default: every reader has it) or labelmap
     seg_codes: str | None = None  # DICOM SEG: a JSON/YAML file of coded categories and types per class
+    seg_creator: str | None = None  # DICOM SEG: ContentCreatorName, a person name (default: tilewise^automatic)
 
     def sink_options(self) -> dict[str, Any]:
         """The writer options that were given, by their format option names."""
-        return {"seg_type": self.seg_type, "seg_codes": self.seg_codes}
+        return {"seg_type": self.seg_type, "seg_codes": self.seg_codes, "seg_creator": self.seg_creator}
 
 
 @dataclass(frozen=True)

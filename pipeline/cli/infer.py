@@ -126,6 +126,9 @@ def infer(ctx: click.Context, /, src: tuple[Path, ...], out: Path, progress: boo
     multi-frame or whole-slide) or a Zarr/OME-Zarr store, of any size. OUT's
     extension picks the format: .tif (COG with the source's georeferencing),
     .zarr (OME-Zarr) or .dcm (DICOM SEG referencing the source images).
+    An OUT in an OME-Zarr SRC's labels group (SRC/labels/NAME) adds the mask
+    to that image as its label image NAME, one level per image level, where
+    napari and other OME-Zarr readers look; the image itself is not touched.
 
     With several SRC, OUT is a folder and each mask is OUT/<stem>_mask.<ext>,
     in the source's own format; a scene that fails is reported and the

@@ -262,7 +262,12 @@ FLAGS: tuple[Flag, ...] = (
         "Accept a source without CRS (the mask keeps only the pixel grid).",
         is_flag=True,
     ),
-    Flag("--format", None, "output_format", "Mask format (default: from --out's extension: .tif, .zarr, .dcm)."),
+    Flag(
+        "--format",
+        None,
+        "output_format",
+        "Mask format (default: from --out's extension: .tif, .zarr, .dcm, or the .zarr store --out lies in).",
+    ),
     Flag(
         "--seg-type",
         "output",
@@ -276,6 +281,12 @@ FLAGS: tuple[Flag, ...] = (
         "seg_codes",
         "DICOM SEG only: JSON/YAML file of SNOMED category and type codes per class (default: Tissue).",
         click.Path(dir_okay=False),
+    ),
+    Flag(
+        "--seg-creator",
+        "output",
+        "seg_creator",
+        "DICOM SEG only: ContentCreatorName, a DICOM person name such as Doe^Jane (default: tilewise^automatic).",
     ),
     Flag(
         "--vector",

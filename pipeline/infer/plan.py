@@ -70,6 +70,8 @@ class ScenePlan:
         block: the sink's output block (what the stitcher finishes at a time).
         journal: record finished blocks beside the output, so a killed run resumes inside the scene.
         resume: what a killed run left of this scene (its journal and the tiles still to run), or None.
+        into_source: the mask goes inside this scene's own source (a label image in an OME-Zarr
+            image's ``labels`` group); the one output allowed inside an input.
     """
 
     scene: int
@@ -88,6 +90,7 @@ class ScenePlan:
     block: tuple[int, ...] = ()
     journal: bool = False
     resume: Resume | None = None
+    into_source: bool = False
 
     @property
     def todo(self) -> np.ndarray:
@@ -153,7 +156,7 @@ def plan_scene(
         )
         layout = _layout(source, cfg)
         probe = open_sink(out, source, fmt, request)  # refuses what this format cannot hold
-        block = tuple(probe.block)
+        block, into_source = tuple(probe.block), probe.into_source
         probe.abort()  # leaves nothing
         return ScenePlan(
             scene=scene, src=src, out=out, outputs=sink_class.planned_outputs(out, request), spec=spec_of(source),
@@ -161,6 +164,7 @@ def plan_scene(
             channels=layout.channels(source.count), itemsize=source.dtype.itemsize,
             normalization=normalization or _normalization(source, layout),
             dtype="float32" if layout.intensity is not None else source.dtype.name, block=block,
+            into_source=into_source,
         )  # fmt: skip
 
 
@@ -201,17 +205,21 @@ def check_outputs(plans: Sequence[ScenePlan], overwrite: bool) -> None:
 
     Raises:
         ConfigError: if an output is an input, lies inside an input folder or
-            store, holds an input; if two scenes would write the same path; if
-            an output exists and ``overwrite`` is off.
+            store (except a mask its sink writes into its own scene's source:
+            ``ScenePlan.into_source``), holds an input; if two scenes would
+            write the same path; if an output exists and ``overwrite`` is off.
         SinkError: if an output exists that tilewise did not write (even with ``overwrite``).
     """
     inputs = [(p.src, Path(p.spec.path).resolve()) for p in plans]
     claimed: dict[Path, Path] = {}
     for plan in plans:
         fmt = get_format(plan.output_format)
+        own = Path(plan.spec.path).resolve()
         for path in plan.outputs:
             target = path.resolve()
             for given, source in inputs:
+                if plan.into_source and source == own and target != source and _inside(target, source):
+                    continue  # a label image in its own image's store (its sink never touches the image)
                 if _inside(target, source) or _inside(source, target):
                     relation = "is" if target == source else "is inside" if _inside(target, source) else "holds"
                     raise ConfigError(

@@ -341,7 +341,9 @@ def spec_of(source: Source) -> SourceSpec:
 
 def output_format(out: str | Path, requested: str | Format | None = None) -> Format:
     """The format of a mask at ``out``: the one ``requested`` (by its ``--format``
-    name or registry name), else the one whose suffixes match ``out``.
+    name or registry name), else the one whose suffixes match ``out``, else, for
+    an ``out`` with no suffix of its own, the one whose suffixes match the
+    nearest folder above it that has one (``image.ome.zarr/labels/mask`` is Zarr).
 
     Raises:
         ConfigError: if neither names a format that writes masks.
@@ -361,6 +363,13 @@ def output_format(out: str | Path, requested: str | Format | None = None) -> For
     for f in writers:
         if suffix in f.suffixes:
             return f
+    if not suffix:
+        for folder in out.parents:
+            if folder.suffix:
+                found = [f for f in writers if folder.suffix.lower() in f.suffixes]
+                if found:
+                    return found[0]
+                break
     known = ", ".join(f"{f.suffixes[0]} ({f.writes})" for f in writers if f.suffixes)
     raise ConfigError(
         f"{out}: cannot tell the output format from {out.suffix or 'no extension'!r}; use {known}, or --format"

@@ -493,6 +493,9 @@ class Sink(ABC):
     probs: Path | None = None
     #: Whether this sink publishes seam QA files (``SinkRequest.qa``).
     supports_qa: ClassVar[bool] = False
+    #: Whether the mask goes inside the sink's own source (an OME-Zarr label image in the image's
+    #: ``labels`` group, the image's arrays untouched): a run allows that one output inside its input.
+    into_source: bool = False
     _closed: bool = False
 
     def record_qa(self, disagreement: Disagreement) -> None:  # noqa: B027 - a hook most sinks ignore

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 import torch
 import zarr
+from ome_zarr_models.v04 import Image
 from pydicom.uid import generate_uid
 
 from models import Normalization, Predictor
@@ -107,6 +108,43 @@ def test_ome_zarr_in_gives_ome_zarr_out_with_the_same_grid(ray_session, tmp_path
     expected = predictor(image[None].astype(np.float32), valid[None])[0].argmax(0)
     labels = level0[...]
     np.testing.assert_array_equal(labels[valid], expected[valid])
+
+
+def test_mask_into_its_own_ome_zarr_labels_group_lines_up_at_a_coarser_level(ray_session, tmp_path) -> None:
+    image = tmp_path / "image.ome.zarr"
+    shutil.copytree(LANDSAT, image)
+    for p in [image, *image.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)  # the sample is read-only
+    files = {p: p.read_bytes() for p in image.rglob("*") if p.is_file()}
+    model, norm = pixel_model(3), Normalization((100.0,) * 3, (50.0,) * 3)
+    out = image / "labels" / "tilewise"  # where napari looks; no --format: the store's suffix says Zarr
+    result = support_run("infer", image, "--out", out, "--level", 1, "--tile", 128, "--classes", 3, "--blend", "center", "--precision", "fp32", "--no-progress",
+                         obj={"model": model, "normalization": norm})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in image.rglob("*") if p.is_file() and "labels" not in p.parts} == files
+
+    root = zarr.open_group(image, mode="r")
+    assert Image.from_zarr(root).labels.attributes.labels == ["tilewise"]
+    label = zarr.open_group(out, mode="r")
+    assert (label["0"].shape, label["1"].shape) == ((718, 791), (359, 395)), "the image's levels, channel dropped"
+    with ZarrSource(image, level=1) as src:
+        data, valid = src.read(Window((0, 0), src.shape))
+    predictor = Predictor(model, norm, precision="fp32", channels_last=False)
+    expected = predictor(data[None].astype(np.float32), valid[None])[0].argmax(0)
+    coarse = label["1"][...]
+    np.testing.assert_array_equal(coarse[valid], expected[valid])
+    # level 0 lies on the image's level 0 (scale halved, same origin): pixel j takes the level-1 pixel
+    # nearest in physical space, round(j / 2) with ties up, the last one past level 1's extent
+    rows, cols = np.minimum((np.arange(718) + 1) // 2, 358), np.minimum((np.arange(791) + 1) // 2, 394)
+    np.testing.assert_array_equal(label["0"][...], coarse[np.ix_(rows, cols)])
+
+    other = tmp_path / "ect.ome.zarr"
+    shutil.copytree(ECT, other)
+    for p in [other, *other.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    refused = other / "labels" / "tilewise"
+    assert_clean_failure(run_cli("infer", image, "--out", refused), refused, "a label image of", "is a mask of that")
+    assert not (other / "labels").exists()
 
 
 def test_3d_ome_zarr_volume_keeps_chunks_and_spacing(ray_session, tmp_path) -> None:
@@ -222,6 +260,17 @@ def test_dicom_seg_needs_a_dicom_source(tmp_path, rgb_byte) -> None:
 def test_option_for_another_format_is_refused(tmp_path) -> None:
     out = tmp_path / "m.zarr"
     assert_clean_failure(run_cli("infer", LANDSAT, "--out", out, "--series", "1.2.3"), out, "--series")
+
+
+def test_a_seg_creator_that_is_no_person_name_or_for_another_format_is_refused(tmp_path) -> None:
+    out = tmp_path / "seg.dcm"
+    assert_clean_failure(
+        run_cli("infer", CT5N, "--out", out, "--seg-creator", "Doe\\Jane"), out, "seg_creator", "person"
+    )
+    out = tmp_path / "m.zarr"
+    assert_clean_failure(
+        run_cli("infer", LANDSAT, "--out", out, "--seg-creator", "Doe^Jane"), out, "--seg-creator", "dicom-seg"
+    )
 
 
 def test_whole_slide_image_to_dicom_seg_and_ome_zarr(ray_session, tmp_path) -> None:

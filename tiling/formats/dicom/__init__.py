@@ -18,11 +18,61 @@ from tiling.options import lookup_option
 if TYPE_CHECKING:
     from tiling.formats.base import Sink, Source
 
-__all__ = ["FORMAT", "SPACING_TOLERANCE", "DicomOptions", "DicomSegOptions", "SegType"]
+__all__ = [
+    "DEFAULT_SEG_CREATOR",
+    "FORMAT",
+    "SPACING_TOLERANCE",
+    "DicomOptions",
+    "DicomSegOptions",
+    "SegType",
+    "person_name",
+]
 
 #: A step may differ from the median step by this fraction before it is a gap;
 #: scanners round positions to ~0.01 mm, a missing slice is a 100 % deviation.
 SPACING_TOLERANCE = 0.05
+#: A SEG's ContentCreatorName when none is given: Type 2 in the Segmentation IOD, and dcmqi
+#: warns when it is absent. A person name (family ``tilewise``, given ``automatic``), since
+#: the content was made by software; the algorithm itself is named in each segment.
+DEFAULT_SEG_CREATOR = "tilewise^automatic"
+#: DICOM PN: at most 3 component groups (alphabetic=ideographic=phonetic) of at most
+#: 5 components (family^given^middle^prefix^suffix) and 64 characters each (PS3.5 6.2).
+_PN_GROUPS, _PN_COMPONENTS, _PN_GROUP_CHARS = 3, 5, 64
+
+
+def person_name(value: str, field: str = "seg_creator") -> str:
+    """``value`` checked as a DICOM person name (PN); a name of one component gets its trailing caret.
+
+    ``"Bono"`` and ``"Bono^"`` are the same PN (trailing carets may be
+    omitted); the caret is added because readers (and highdicom) take a
+    caret-less name for a likely mistake.
+
+    Raises:
+        ConfigError: if ``value`` is empty, holds a backslash (the DICOM value
+            separator) or a control character, or has too many component
+            groups, components, or characters in a group.
+    """
+    text = str(value)
+    fix = "give a DICOM person name such as 'Doe^Jane' (Family^Given)"
+    if not text.strip():
+        raise ConfigError(f"{field}: an empty name; {fix}")
+    bad = next((c for c in text if c == "\\" or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"{field}: {text!r} holds {bad!r}, which a DICOM person name cannot; {fix}")
+    groups = text.split("=")
+    if len(groups) > _PN_GROUPS:
+        raise ConfigError(f"{field}: {text!r} has {len(groups)} '='-separated groups, a person name at most 3; {fix}")
+    for group in groups:
+        if group.count("^") >= _PN_COMPONENTS:
+            raise ConfigError(
+                f"{field}: {group!r} has {group.count('^') + 1} components, a person name at most 5 "
+                "(Family^Given^Middle^Prefix^Suffix)"
+            )
+        if len(group) > _PN_GROUP_CHARS:
+            raise ConfigError(f"{field}: {group[:20]!r}... has {len(group)} characters, a person name at most 64")
+    if "^" not in text:
+        groups[0] += "^"
+    return "=".join(groups)
 
 
 @dataclass(frozen=True)
@@ -62,13 +112,17 @@ class DicomSegOptions:
         seg_codes: a JSON or YAML file giving each class's segmented property
             category and type codes (see :mod:`tiling.formats.dicom.codes`);
             generic "Tissue" codes when None.
+        seg_creator: the SEGs' ContentCreatorName, a DICOM person name
+            (``Family^Given``); :data:`DEFAULT_SEG_CREATOR` by default.
     """
 
     seg_type: SegType | str = SegType.BINARY
     seg_codes: str | None = None
+    seg_creator: str = DEFAULT_SEG_CREATOR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seg_type", lookup_option(self.seg_type, SegType, "seg_type"))
+        object.__setattr__(self, "seg_creator", person_name(self.seg_creator))
         if self.seg_codes is not None and not Path(self.seg_codes).is_file():
             raise ConfigError(f"seg_codes: {self.seg_codes}: no such file; give a JSON or YAML file of class codes")
 

@@ -20,6 +20,7 @@ import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -31,7 +32,7 @@ from tiling.core.labels import LABEL_NODATA, class_color
 from tiling.core.windows import Window
 from tiling.errors import ConfigError, SinkError
 from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable
-from tiling.formats.dicom import DicomSegOptions, SegType
+from tiling.formats.dicom import DEFAULT_SEG_CREATOR, DicomSegOptions, SegType, person_name
 from tiling.formats.dicom.codes import load_segment_codes
 from tiling.formats.dicom.codes import segment_codes as codes_per_class
 from tiling.formats.reference import SlideGeometry, VolumeGeometry
@@ -143,6 +144,8 @@ class DicomSegSink(Sink):
         series_number: SeriesNumber of the new series (the probabilities get the next one).
         save_probs: also write the FRACTIONAL probability SEG.
         provenance: the model that made the mask, recorded as algorithm parameters.
+        content_creator: ContentCreatorName of both SEGs, a DICOM person name;
+            a name beyond ASCII makes the SEGs UTF-8 (SpecificCharacterSet ``ISO_IR 192``).
 
     Raises:
         SinkError: if the output folder is missing or not writable, or the
@@ -164,8 +167,10 @@ class DicomSegSink(Sink):
         series_number: int = 300,
         save_probs: bool = False,
         provenance: ModelProvenance | None = None,
+        content_creator: str = DEFAULT_SEG_CREATOR,
     ) -> None:
         self.path = Path(path)
+        self.content_creator = person_name(content_creator, "content_creator")
         self.geometry = geometry
         self.shape = tuple(geometry.shape)
         self.block = tuple(
@@ -222,7 +227,7 @@ class DicomSegSink(Sink):
         codes_map = load_segment_codes(options.seg_codes) if options.seg_codes else None
         return cls(
             path, ref, request.class_names, segment_codes=codes_map, segmentation_type=options.seg_type,
-            save_probs=request.save_probs, provenance=request.provenance,
+            save_probs=request.save_probs, provenance=request.provenance, content_creator=options.seg_creator,
         )  # fmt: skip
 
     def write(self, window: Window, labels: np.ndarray, probs: np.ndarray | None = None) -> None:
@@ -288,6 +293,8 @@ class DicomSegSink(Sink):
 
     def _build(self, array: np.ndarray, kind: str, fractional: bool = False) -> hd.seg.Segmentation:
         sources, pixels, tiled = self._sources_and_pixels(array)
+        # the creator's name may need more than the source's character set: UTF-8 then holds everything
+        charset: dict[str, Any] = {} if self.content_creator.isascii() else {"specific_character_set": "ISO_IR 192"}
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=pixels, segmentation_type=kind,
             segment_descriptions=self._descriptions(every_class=fractional), series_instance_uid=hd.UID(),
@@ -297,7 +304,7 @@ class DicomSegSink(Sink):
             series_description=self.series_description + (" probabilities" if fractional else ""),
             omit_empty_frames=False, tile_pixel_array=tiled,
             fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-            max_fractional_value=FRACTIONAL_SCALE,
+            max_fractional_value=FRACTIONAL_SCALE, content_creator_name=self.content_creator, **charset,
         )  # fmt: skip
         if kind == "LABELMAP":
             # highdicom describes the background as a segment 0; Supplement 243 marks it with

@@ -1,4 +1,4 @@
-"""Zarr v2/v3 arrays and OME-Zarr 0.4/0.5 images in, OME-Zarr (NGFF 0.4) label images out.
+"""Zarr v2/v3 arrays and OME-Zarr 0.4/0.5 images in; OME-Zarr label images out, standalone or in the image's own ``labels`` group.
 
 Needs the ``medical`` extra (zarr-python 3). Nothing here imports zarr until
 a store is opened.

@@ -25,7 +25,7 @@ from tiling.formats.base import ComplexPart, SourceBase, check_complex, empty_re
 from tiling.formats.reference import ArrayTransform
 from tiling.formats.zarr import ZarrOptions
 
-__all__ = ["ZarrSource", "read_multiscales"]
+__all__ = ["ZarrSource", "axis_roles", "compose_transforms", "read_multiscales"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,12 @@ def read_multiscales(group: zarr.Group) -> dict[str, Any] | None:
     return multiscales[0] if multiscales else None
 
 
-def _transforms(items: Sequence[dict[str, Any]] | None, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+def compose_transforms(items: Sequence[dict[str, Any]] | None, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, translation) of ``ndim`` axes that OME ``coordinateTransformations`` ``items`` compose to.
+
+    Raises:
+        ValueError: if a scale or translation does not have ``ndim`` values.
+    """
     scale, translation = np.ones(ndim), np.zeros(ndim)
     for t in items or ():
         for kind in ("scale", "translation"):
@@ -75,7 +80,7 @@ def _transforms(items: Sequence[dict[str, Any]] | None, ndim: int) -> tuple[np.n
     return scale, translation
 
 
-def _axis_roles(axes: Sequence[Any]) -> tuple[list[str], list[str], list[str | None]]:
+def axis_roles(axes: Sequence[Any]) -> tuple[list[str], list[str], list[str | None]]:
     """Names, roles (``t``, ``c`` or ``s`` for space) and units of OME axes (dicts or strings)."""
     names, roles, units = [], [], []
     for a in axes:
@@ -188,13 +193,13 @@ class ZarrSource(SourceBase):
     def _axes(self, axes: str | Sequence[str] | None) -> tuple[list[str], list[str], list[str | None]]:
         ndim = self._arr.ndim
         if axes is not None:
-            names, roles, units = _axis_roles(list(axes))
+            names, roles, units = axis_roles(list(axes))
         elif self.multiscales is not None and "axes" in self.multiscales:
-            names, roles, units = _axis_roles(self.multiscales["axes"])
+            names, roles, units = axis_roles(self.multiscales["axes"])
         elif dimension_names := getattr(self._arr.metadata, "dimension_names", None):
-            names, roles, units = _axis_roles(list(dimension_names))
+            names, roles, units = axis_roles(list(dimension_names))
         else:
-            names, roles, units = _axis_roles(list(_SPATIAL[-ndim:]) if ndim in (2, 3) else ["?"] * ndim)
+            names, roles, units = axis_roles(list(_SPATIAL[-ndim:]) if ndim in (2, 3) else ["?"] * ndim)
         n_space = roles.count("s")
         if len(names) != ndim or n_space not in (2, 3) or roles.count("c") > 1:
             raise SourceOpenError(
@@ -211,8 +216,8 @@ class ZarrSource(SourceBase):
         if self.multiscales is None:
             return (1.0,) * len(spatial), (0.0,) * len(spatial)
         ds = self.multiscales["datasets"][self.level]
-        s, t = _transforms(ds.get("coordinateTransformations"), ndim)
-        gs, gt = _transforms(self.multiscales.get("coordinateTransformations"), ndim)
+        s, t = compose_transforms(ds.get("coordinateTransformations"), ndim)
+        gs, gt = compose_transforms(self.multiscales.get("coordinateTransformations"), ndim)
         scale, translation = s * gs, t * gs + gt
         if not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(translation).all()):
             raise SourceOpenError(

@@ -24,7 +24,7 @@ from tiling.errors import ConfigError, SinkError
 from tiling.formats.base import Sink, SinkRequest, Source, check_writable, sink_error, temp_name
 from tiling.formats.zarr import FORMAT
 
-__all__ = ["OME_VERSION", "OmeZarrSink"]
+__all__ = ["OME_VERSION", "OmeZarrSink", "hex_colors", "label_colors", "publish"]
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ _BYTE_WINDOW = {"start": 0, "end": 255, "min": 0, "max": 255}
 DEFAULT_CHUNK = 256
 
 
-def _label_colors(class_names: Sequence[str]) -> list[dict[str, Any]]:
+def label_colors(class_names: Sequence[str]) -> list[dict[str, Any]]:
     """``image-label`` colours: the COG sink's palette, nodata transparent."""
     cmap = default_colormap(len(class_names))
     return [{"label-value": int(k), "rgba": list(rgba)} for k, rgba in sorted(cmap.items())]
 
 
-def _hex_colors(classes: int) -> list[str]:
+def hex_colors(classes: int) -> list[str]:
     """``omero`` channel colours (RRGGBB) from the same palette."""
     cmap = default_colormap(classes)
     return [f"{cmap[k][0]:02X}{cmap[k][1]:02X}{cmap[k][2]:02X}" for k in range(classes)]
@@ -142,7 +142,7 @@ class OmeZarrSink(Sink):
             "multiscales": [{"version": OME_VERSION, "name": "probabilities", "axes": axes,
                              "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
             "omero": {"channels": [{"label": n, "color": color, "window": _BYTE_WINDOW}
-                                   for n, color in zip(self.class_names, _hex_colors(k))]},
+                                   for n, color in zip(self.class_names, hex_colors(k))]},
             "tilewise": {"class_names": self.class_names, "scale": "probability = value / 255"},
         })  # fmt: skip
         return arr
@@ -176,7 +176,7 @@ class OmeZarrSink(Sink):
                 "datasets": [self._dataset(i) for i in range(levels)],
                 "type": "nearest", "metadata": {"method": "numpy strided slicing (nearest)"},
             }],
-            "image-label": {"version": OME_VERSION, "colors": _label_colors(self.class_names),
+            "image-label": {"version": OME_VERSION, "colors": label_colors(self.class_names),
                             "properties": [*({"label-value": k, "class": n} for k, n in enumerate(self.class_names)),
                                            {"label-value": LABEL_NODATA, "class": "nodata"}]},
             "tilewise": {"class_names": self.class_names, "nodata": LABEL_NODATA},
@@ -226,7 +226,7 @@ class OmeZarrSink(Sink):
         self._begin_finalize()
         try:
             self._write_metadata(self._write_level1())
-            _publish(self.tmp, self.path)
+            publish(self.tmp, self.path)
         except SinkError:
             self.abort()
             raise
@@ -242,12 +242,23 @@ class OmeZarrSink(Sink):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     @classmethod
-    def for_source(cls, path: Path, source: Source, request: SinkRequest) -> OmeZarrSink:
+    def for_source(cls, path: Path, source: Source, request: SinkRequest) -> Sink:
         """A mask with ``source``'s spatial shape and its physical placement.
 
         A Zarr source lends its chunks, axes, units, scale and translation; a
         DICOM volume its spacing and origin (mm); a map raster keeps unit pixels.
+        A ``path`` in the ``labels`` group of an OME-Zarr image
+        (``image.ome.zarr/labels/<name>``) is written as a label image of that
+        image, which must be ``source``
+        (:class:`~tiling.formats.zarr.labelimage.LabelImageSink`).
+
+        Raises:
+            ConfigError: if ``path`` is a label image of another image than ``source``.
         """
+        from tiling.formats.zarr.labelimage import LabelImageSink, label_image_of
+
+        if label_image_of(path) is not None:
+            return LabelImageSink.for_source(path, source, request)
         shape = tuple(int(n) for n in source.shape)
         if source.format == "zarr":
             chunks = tuple(min(int(b), n) for b, n in zip(source.block_shape, shape))
@@ -260,7 +271,7 @@ class OmeZarrSink(Sink):
         )  # fmt: skip
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path) -> None:
     """Rename folder ``tmp`` to ``final``, replacing an old ``final`` only after the new one is whole.
 
     Raises:

@@ -24,7 +24,7 @@ from tiling.core.windows import Window
 from tiling.errors import ConfigError
 from tiling.formats import open_sink, sink_options
 from tiling.formats.base import ModelProvenance, SinkRequest
-from tiling.formats.dicom import DicomSegOptions, SegType
+from tiling.formats.dicom import DEFAULT_SEG_CREATOR, DicomSegOptions, SegType
 from tiling.formats.dicom.codes import load_segment_codes
 from tiling.formats.dicom.series import DicomMultiframeSource, DicomSeriesSource
 
@@ -86,6 +86,7 @@ def test_binary_is_the_default_and_reads_back(binary_seg) -> None:
     out, src, labels = binary_seg
     seg = hd.seg.segread(out)
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.segmentation_type.value == "BINARY"
+    assert seg.ContentCreatorName == DEFAULT_SEG_CREATOR == "tilewise^automatic", "dcmqi warns when it is absent"
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2, 3]
     assert [s.SegmentLabel for s in seg.SegmentSequence] == list(CLASSES)
     ref = src.reference
@@ -138,6 +139,55 @@ def test_fractional_seg_of_the_probabilities(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, np.rint(np.moveaxis(probs, 0, -1) * 255).astype(np.uint8))
     if DCIODVFY is not None:
         assert dciodvfy(published[1]) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("seg_type", "creator", "charset"),
+    [
+        ("binary", None, "ISO_IR 100"),
+        ("labelmap", None, "ISO_IR 100"),
+        ("binary", "Doe^Jane", "ISO_IR 100"),
+        ("labelmap", "Radiology AI^Reader 2", "ISO_IR 100"),
+        ("binary", "Müller^Jürgen=山田^太郎", "ISO_IR 192"),  # beyond the source's Latin-1: the SEGs become UTF-8
+    ],
+)
+def test_every_seg_names_its_content_creator(tmp_path: Path, seg_type: str, creator: str | None, charset: str) -> None:
+    options = {"seg_type": seg_type, "save_probs": seg_type == "binary"}
+    if creator is not None:
+        options["seg_creator"] = creator
+    published, _, _ = _write(DicomSeriesSource(CT5N), tmp_path / "s.dcm", **options)
+    assert len(published) == (2 if seg_type == "binary" else 1), "BINARY with its FRACTIONAL probabilities"
+    for path in published:
+        seg = hd.seg.segread(path)
+        assert seg.ContentCreatorName == (creator or DEFAULT_SEG_CREATOR) and seg.SpecificCharacterSet == charset
+        assert str(seg.PatientName) == "Doe^Peter", "the source's strings survive a change of character set"
+        if DCIODVFY is not None:
+            errors, warnings = dciodvfy(path)
+            assert (errors, warnings) in (([], []), ([UNKNOWN_IOD], [])), (errors, warnings)
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ("", "seg_creator: an empty name"),
+        ("Doe\\Jane", r"holds '\\\\', which a DICOM person name cannot"),
+        ("Doe^Jane\n", r"holds '\\n'"),
+        ("a=b=c=d", "4 '='-separated groups, a person name at most 3"),
+        ("a^b^c^d^e^f", "has 6 components, a person name at most 5"),
+        ("x" * 65 + "^", "has 66 characters, a person name at most 64"),
+    ],
+)
+def test_seg_creator_must_be_a_person_name(given: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as e:
+        sink_options("dicom", {"seg_creator": given})
+    assert "\n" not in str(e.value), "one line"
+
+
+def test_seg_creator_of_one_component_gets_its_caret_and_other_formats_refuse_it() -> None:
+    assert sink_options("dicom", {"seg_creator": "Bono"}).seg_creator == "Bono^", "the same PN, spelled unambiguously"
+    assert sink_options("dicom", {}).seg_creator == DEFAULT_SEG_CREATOR
+    with pytest.raises(ConfigError, match=r"seg_creator \(--seg-creator\) does not apply to a ome-zarr output"):
+        sink_options("zarr", {"seg_creator": "Doe^Jane"})
 
 
 def test_segment_codes_from_a_mapping_file(tmp_path: Path) -> None:
