@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from rasterio.enums import Resampling
 
-from pipeline.products.files import check_product_path
+from pipeline.products.files import check_product_path, quicklook_path_for
 from tiling.core.intensity import window_bounds
 from tiling.core.labels import LABEL_NODATA, RGB, class_color
 from tiling.core.windows import Window
@@ -52,13 +52,6 @@ DEFAULT_SIZE = 1024
 OVERLAY_ALPHA = 0.45
 #: Percentiles of the contrast stretch.
 STRETCH = (2.0, 98.0)
-
-
-def quicklook_path_for(mask: str | Path) -> Path:
-    """``<mask stem>.quicklook.png`` beside the mask (``m.ome.zarr`` -> ``m.quicklook.png``)."""
-    mask = Path(mask)
-    stem = mask.name.removesuffix(".zarr").removesuffix(".ome") if mask.suffix == ".zarr" else mask.stem
-    return mask.with_name(f"{stem}.quicklook.png")
 
 
 def quicklook(

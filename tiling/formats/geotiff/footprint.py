@@ -113,7 +113,7 @@ def _to_wgs84(geometry: shapely.Geometry, crs: CRS, partial: bool) -> Geometry |
     try:
         with rasterio.Env(OGR_ENABLE_PARTIAL_REPROJECTION=partial):
             moved = rasterio.warp.transform_geom(crs, "EPSG:4326", shapely.geometry.mapping(geometry))
-    except (RasterioError, CPLE_BaseError, ValueError) as e:
+    except Exception as e:  # GDAL says "Reprojection failed" in several ways (CPLE_*, SystemError in a thread)
         log.debug("transforming the footprint to WGS84 failed: %s", e)
         return None
     return _clean(dict(moved) if not hasattr(moved, "to_dict") else moved.to_dict())
