@@ -42,9 +42,9 @@ def test_cog_run_with_vector_and_quicklook(ray_session, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "m.gpkg", "m.json", "m.qml", "m.quicklook.png", "m.tif", "scene.tif"
     ]  # fmt: skip
-    info = pyogrio.read_info(gpkg)
+    info = pyogrio.read_info(gpkg, layer="m")
     assert info["crs"] == "EPSG:32633" and info["features"] > 0
-    meta, _, _, fields = pyogrio.raw.read(gpkg, read_geometry=False)
+    meta, _, _, fields = pyogrio.raw.read(gpkg, layer="m", read_geometry=False)
     assert set(fields[list(meta["fields"]).index("class_name")]) <= {"ground", "roof"}
     item = json.loads((tmp_path / "m.json").read_text())
     assert item["properties"]["tilewise:model"] == "DeepLabV3-ResNet50" and item["assets"]["mask"]["href"] == "./m.tif"

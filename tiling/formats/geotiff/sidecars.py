@@ -279,7 +279,7 @@ def add_assets(item: Path, assets: dict[str, Path]) -> None:
         OSError, ValueError: if the Item cannot be read, is not tilewise's, or cannot be written.
     """
     d = json.loads(item.read_text(encoding="utf-8"))
-    if d.get("type") != "Feature" or "tilewise:software" not in d.get("properties", {}):
+    if d.get("type") != "Feature" or "tilewise:classes" not in d.get("properties", {}):
         raise ValueError(f"{item} is not a STAC Item tilewise wrote")
     for key, path in assets.items():
         d.setdefault("assets", {})[key] = _asset(key, path, item.parent)
