@@ -15,6 +15,7 @@ from typing import Any
 
 from models import TTA, Backbone, Precision
 from tiling.core import BlendMode, EdgeMode, window_bounds
+from tiling.core.labels import check_color_spec, class_colors
 from tiling.core.qa import TilePlan
 from tiling.errors import ConfigError
 from tiling.formats.base import (
@@ -283,6 +284,10 @@ class ProductsConfig:
     simplify: float | None = None  # polygon simplification tolerance, map units; None = exact pixel outlines
     vector_classes: tuple[int, ...] | None = None  # class values to polygonise; None = every class
     quicklook: bool = False  # a PNG of the source with the mask and a legend, beside the mask
+    # class colours of every product (the COG's colour table and style, the STAC Item, the polygons'
+    # style, the quicklook): ("water=#1f78b4", ...) by class name, or ("#1f78b4", ...) in class order;
+    # None = the tab10 palette by class index
+    class_colors: tuple[str, ...] | None = None
 
     def validate(self) -> ProductsConfig:
         """Check the values.
@@ -298,6 +303,8 @@ class ProductsConfig:
             raise ConfigError(f"simplify: the tolerance must be >= 0 map units, got {self.simplify!r}")
         if self.vector_classes is not None and not all(0 <= k < 255 for k in self.vector_classes):
             raise ConfigError(f"vector_classes: class values are 0 to 254, got {self.vector_classes!r}")
+        if self.class_colors is not None:
+            check_color_spec(self.class_colors)  # the names are checked against the classes by class_colors()
         return self
 
 
@@ -355,6 +362,16 @@ class PipelineConfig:
             model=self.model.validate(), inference=self.inference.validate(), products=self.products.validate(),
         )  # fmt: skip
 
+    def class_colors(self) -> tuple[tuple[int, int, int], ...]:
+        """One RGB colour per class: ``products.class_colors`` resolved against the class names.
+
+        Call it once the class names are final (after an export's are applied).
+
+        Raises:
+            ConfigError: for a name that is no class, or a list of the wrong length.
+        """
+        return class_colors(self.model.names, self.products.class_colors)
+
     def sink_request(self, model: object | None = None) -> SinkRequest:
         """What this run asks of the mask's sink: class names, probabilities, format options, provenance.
 
@@ -372,7 +389,7 @@ class PipelineConfig:
         plan = TilePlan(tiling.tile, float(tiling.overlap), str(tiling.edge), str(tiling.blend))
         return SinkRequest(
             tuple(self.model.names), self.save_probs, self.allow_no_crs, self.output.sink_options(), provenance,
-            plan, self.qa,
+            plan, self.qa, self.class_colors(),
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

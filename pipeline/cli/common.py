@@ -75,8 +75,10 @@ def qa_line(report: dict[str, Any]) -> str:
 
 
 def report_products(products: object) -> None:
-    """Print where the products of a run (polygons, quicklook) went."""
+    """Print where the products of a run (polygons, quicklook) went, and one warning line per product that failed."""
     if getattr(products, "vector", None):
         click.echo(f"polygons: {products.vector} ({products.features} features)")  # type: ignore[attr-defined]
     if getattr(products, "quicklook", None):
         click.echo(f"quicklook: {products.quicklook}")  # type: ignore[attr-defined]
+    for line in getattr(products, "warnings", ()):
+        click.echo(f"Warning: {line}", err=True)

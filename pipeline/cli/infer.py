@@ -69,7 +69,7 @@ def run_infer(
         if not batch:
             result = infer_scene(sources[0], out, cfg, model=model, normalization=norm, progress=progress)
             report(result, str(cfg.model.precision), str(cfg.model.tta))
-            report_products(make_products(sources[0], result.mask, result.probs, cfg, progress=progress))
+            report_products(make_products(sources[0], result, cfg, progress=progress))
             return
         outcome = infer_many(list(sources), out, cfg, progress=progress, model=model)
     except USER_ERRORS as e:
@@ -86,7 +86,7 @@ def run_infer(
             if isinstance(r, Exception):
                 raise r
             report(r, str(cfg.model.precision), str(cfg.model.tta))
-            report_products(make_products(src, r.mask, r.probs, cfg, batch=True, progress=progress))
+            report_products(make_products(src, r, cfg, batch=True, progress=progress))
         except USER_ERRORS as e:
             failed += 1
             click.echo(f"Error: {one_line(src, e)}", err=True)

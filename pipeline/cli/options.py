@@ -305,6 +305,15 @@ FLAGS: tuple[Flag, ...] = (
         _csv_ints,
     ),
     Flag(
+        "--class-colors",
+        "products",
+        "class_colors",
+        "Class colours of the mask's colour table and style, the STAC Item, the polygons and the quicklook: "
+        "name=#rrggbb,... or #rrggbb,... in class order (default: tab10 by class index).",
+        None,
+        _csv_names,
+    ),
+    Flag(
         "--quicklook",
         "products",
         "quicklook",

@@ -36,7 +36,8 @@ def _masks(target: Path) -> list[Path]:
 
 
 def qa_mask(mask: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Write ``<stem>.qa.tif`` and ``<stem>.qa.json`` beside ``mask`` from its recorded tile plan; returns the report.
+    """Write ``<stem>.qa.tif``, ``<stem>.qa.json`` and ``<stem>.qa.qml`` beside ``mask`` from its recorded tile plan;
+    returns the report. The mask's STAC Item, where there is one, lists them (a warning if it cannot).
 
     Raises:
         ConfigError: if the mask records no tile plan, or a QA file exists and ``overwrite`` is off.
@@ -46,6 +47,7 @@ def qa_mask(mask: Path, overwrite: bool = False) -> dict[str, Any]:
     from tiling.formats import get_format
     from tiling.formats.base import check_writable
     from tiling.formats.geotiff.qa import QaFiles, qa_paths, read_qa_tags
+    from tiling.formats.geotiff.sidecars import add_assets, optional
 
     plan, disagreement, grid = read_qa_tags(mask)
     owns = get_format("geotiff").owns
@@ -65,6 +67,10 @@ def qa_mask(mask: Path, overwrite: bool = False) -> dict[str, Any]:
     except BaseException:
         files.remove()
         raise
+    item = mask.with_suffix(".json")
+    if item.is_file():
+        assets = dict(zip(("qa", "qa_report", "qa_style"), files.finals))
+        optional("STAC Item listing of the QA files", item, lambda: add_assets(item, assets))
     return report
 
 
@@ -88,6 +94,6 @@ def qa(target: tuple[Path, ...], overwrite: bool) -> None:
             for mask in _masks(t):
                 report = qa_mask(mask, overwrite)
                 click.echo(f"{mask}: {qa_line(report)}")
-                click.echo(f"  wrote {mask.with_name(report['coverage']['raster'])} and {mask.stem}.qa.json")
+                click.echo(f"  wrote {mask.with_name(report['coverage']['raster'])}, {mask.stem}.qa.json and .qa.qml")
         except USER_ERRORS as e:
             raise click.ClickException(one_line(t, e)) from None

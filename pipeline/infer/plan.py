@@ -5,7 +5,8 @@ an unreadable source, an option its format does not take, a model that does
 not fit its bands, an output that is (or holds, or is held by) an input, two
 scenes writing the same path, an existing output without ``--overwrite``,
 and an existing path that tilewise did not write (never replaced, even with
-``--overwrite``).
+``--overwrite``). The products made after the mask (``--vector``,
+``--quicklook``) are outputs too and go through the same checks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from models import Normalization, check_bands, check_weights
 from pipeline.config import PipelineConfig
 from pipeline.errors import USER_ERRORS
 from pipeline.infer.journal import Resume
+from pipeline.products.files import owns_product
 from tiling.core import TileGrid, TileLayout, sample_band_stats
 from tiling.errors import ConfigError, SinkError
 from tiling.formats import SourceSpec, get_format, open_sink, open_source, output_format, spec_of
@@ -72,6 +74,8 @@ class ScenePlan:
         resume: what a killed run left of this scene (its journal and the tiles still to run), or None.
         into_source: the mask goes inside this scene's own source (a label image in an OME-Zarr
             image's ``labels`` group); the one output allowed inside an input.
+        products: the paths of the products made from the mask after the run
+            (polygons, a quicklook); checked like ``outputs``.
     """
 
     scene: int
@@ -91,6 +95,7 @@ class ScenePlan:
     journal: bool = False
     resume: Resume | None = None
     into_source: bool = False
+    products: tuple[Path, ...] = ()
 
     @property
     def todo(self) -> np.ndarray:
@@ -200,25 +205,36 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _what(plan: ScenePlan, path: Path, product: bool) -> str:
+    """What ``path`` is to its scene, for messages."""
+    if product:
+        return "its --quicklook PNG" if path.name.endswith(".quicklook.png") else "its --vector polygons"
+    return "its mask" if path == plan.out else "a file beside its mask"
+
+
 def check_outputs(plans: Sequence[ScenePlan], overwrite: bool) -> None:
     """Refuse outputs that would destroy data, before any work.
+
+    Every path a scene writes is checked: the sink's outputs and the
+    products made after the run (``ScenePlan.products``).
 
     Raises:
         ConfigError: if an output is an input, lies inside an input folder or
             store (except a mask its sink writes into its own scene's source:
-            ``ScenePlan.into_source``), holds an input; if two scenes would
-            write the same path; if an output exists and ``overwrite`` is off.
+            ``ScenePlan.into_source``), holds an input; if two outputs are
+            the same path; if an output exists and ``overwrite`` is off.
         SinkError: if an output exists that tilewise did not write (even with ``overwrite``).
     """
     inputs = [(p.src, Path(p.spec.path).resolve()) for p in plans]
-    claimed: dict[Path, Path] = {}
+    claimed: dict[Path, tuple[ScenePlan, str]] = {}
     for plan in plans:
         fmt = get_format(plan.output_format)
         own = Path(plan.spec.path).resolve()
-        for path in plan.outputs:
+        paths = [(p, False) for p in plan.outputs] + [(p, True) for p in plan.products]
+        for path, product in paths:
             target = path.resolve()
             for given, source in inputs:
-                if plan.into_source and source == own and target != source and _inside(target, source):
+                if not product and plan.into_source and source == own and target != source and _inside(target, source):
                     continue  # a label image in its own image's store (its sink never touches the image)
                 if _inside(target, source) or _inside(source, target):
                     relation = "is" if target == source else "is inside" if _inside(target, source) else "holds"
@@ -226,15 +242,22 @@ def check_outputs(plans: Sequence[ScenePlan], overwrite: bool) -> None:
                         f"{path}: the output {relation} the input {given}; choose an --out outside the input"
                     )
             if target in claimed:
+                other, first = claimed[target]
+                if other is plan:
+                    raise ConfigError(
+                        f"{path}: {plan.src} would write it twice, as {first} and as "
+                        f"{_what(plan, path, product)}; choose another path"
+                    )
                 raise ConfigError(
-                    f"{path}: both {claimed[target]} and {plan.src} would write this mask; "
+                    f"{path}: both {other.src} and {plan.src} would write this path; "
                     "give the sources distinct names or segment them into different --out folders"
                 )
-            claimed[target] = plan.src
+            claimed[target] = (plan, _what(plan, path, product))
+            owns = owns_product if product else fmt.owns
             if path.exists() or path.is_symlink():
                 if not overwrite:
                     raise ConfigError(f"{path}: exists; pass --overwrite to replace it")
-                if path.is_symlink() or fmt.owns is None or not fmt.owns(path):
+                if path.is_symlink() or owns is None or not owns(path):
                     raise SinkError(
                         f"{path}: exists and was not written by tilewise, so it is never replaced; "
                         "move it away or choose another --out"

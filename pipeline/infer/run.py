@@ -31,7 +31,9 @@ from pipeline.infer.plan import (
     plan_scene,
     remove_stale_temp_files,
 )
+from pipeline.products.files import planned_products
 from pipeline.ray_env import unwrap_user_error
+from tiling.core.labels import class_colors
 from tiling.formats import natural_output, output_format, sniff
 
 __all__ = ["USER_ERRORS", "InferenceResult", "infer_many", "infer_scene", "mask_path_for"]
@@ -54,6 +56,10 @@ class InferenceResult:
     published: tuple[Path, ...] = ()  # every path written, mask first
     precision: str = ""  # the forward pass's precision where the model ran (what "auto" became)
     model_seconds: float = 0.0  # the model actors' time on this scene's tiles, summed over actors
+    # the classes the mask was written with (an export's, where --weights carried them), and their
+    # colours: the one source the products made from this mask take theirs from
+    class_names: tuple[str, ...] = ()
+    class_colors: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def tiles_per_second(self) -> float:
@@ -61,11 +67,13 @@ class InferenceResult:
         return self.tiles / self.seconds if self.seconds > 0 else math.inf
 
 
-def _result(out: SceneOutput) -> InferenceResult:
+def _result(out: SceneOutput, plan: ScenePlan) -> InferenceResult:
     probs = next((p for p in out.published[1:] if ".probs." in p.name), None)
+    request = plan.request
     return InferenceResult(
         out.published[0], probs, out.tiles, out.skipped, out.seconds, out.first_result_seconds,
         out.stitch_peak_bytes, out.stitch_spills, out.published, out.precision, out.model_seconds,
+        tuple(request.class_names), tuple(request.class_colors or class_colors(request.class_names)),
     )  # fmt: skip
 
 
@@ -94,7 +102,9 @@ def infer_scene(
         src: the input image, series folder or store.
         out: the output mask; it appears only when complete. An existing
             ``out`` is replaced only with ``config.overwrite`` and only if
-            tilewise wrote it.
+            tilewise wrote it. The paths of the products ``config.products``
+            asks for are checked by the same rule (they are made afterwards
+            by :func:`pipeline.products.make_products`).
         config: options; defaults otherwise.
         model: any ``torch.nn.Module`` mapping (B, C, H, W) to (B, K, H, W);
             DeepLabV3 per ``config.model`` when None.
@@ -111,11 +121,13 @@ def infer_scene(
     cfg, trained_norm = apply_export(cfg)
     if model is None:
         cfg.model.require_weights()
+    cfg.class_colors()  # --class-colors against the final class names, once
     normalization = normalization or trained_norm
     plan = plan_scene(0, src, out, cfg, normalization, model)
+    plan = replace(plan, products=planned_products(plan.out, cfg, batch=False))
     check_outputs([plan], cfg.overwrite)
     check_model(cfg, [plan], model)
-    remove_stale_temp_files(plan.outputs)
+    remove_stale_temp_files((*plan.outputs, *plan.products))
     try:
         outcome = run_plans([plan], cfg, model, progress, started=started)[0]
     except BaseException as e:
@@ -123,7 +135,7 @@ def infer_scene(
         raise
     if isinstance(outcome, SceneFailure):
         raise outcome.error
-    result = _result(outcome)
+    result = _result(outcome, plan)
     log.info("%s: %d tiles (%d skipped as nodata) in %.1fs", result.mask, result.tiles, result.skipped, result.seconds)
     return result
 
@@ -166,11 +178,13 @@ def infer_many(
     cfg, trained_norm = apply_export(cfg)
     if model is None:
         cfg.model.require_weights()
+    cfg.class_colors()  # --class-colors against the final class names, once for the run
     outcome: dict[Path, InferenceResult | Exception] = {}
     plans: list[ScenePlan] = []
 
     def plan_one(src: str | Path) -> ScenePlan:
-        return plan_scene(0, src, mask_path_for(src, out_dir, cfg.output_format), cfg, trained_norm, model)
+        plan = plan_scene(0, src, mask_path_for(src, out_dir, cfg.output_format), cfg, trained_norm, model)
+        return replace(plan, products=planned_products(plan.out, cfg, batch=True))
 
     for src, planned in plan_each(sources, plan_one):
         if isinstance(planned, Exception):
@@ -181,7 +195,7 @@ def infer_many(
     check_outputs(plans, cfg.overwrite)
     if plans:
         check_model(cfg, plans, model)
-        remove_stale_temp_files(p for plan in plans for p in plan.outputs)
+        remove_stale_temp_files(p for plan in plans for p in (*plan.outputs, *plan.products))
         try:
             results = run_plans(plans, cfg, model, progress, started=started)
         except BaseException as e:
@@ -194,5 +208,5 @@ def infer_many(
                     log.error("%s: internal error: %s", plan.src, r.error)
                 outcome[plan.src] = r.error
             else:
-                outcome[plan.src] = _result(r)
+                outcome[plan.src] = _result(r, plan)
     return {Path(s): outcome[Path(s)] for s in sources if Path(s) in outcome}

@@ -7,8 +7,9 @@ Python: :func:`polygonize` and :func:`quicklook`.
 
 from __future__ import annotations
 
-from pipeline.products.make import Products, check_products, make_products, vector_path_for
-from pipeline.products.quicklook import quicklook, quicklook_path_for
+from pipeline.products.files import planned_products, quicklook_path_for, vector_path_for
+from pipeline.products.make import Products, check_products, make_products
+from pipeline.products.quicklook import quicklook
 from pipeline.products.vector import VectorResult, polygonize
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "VectorResult",
     "check_products",
     "make_products",
+    "planned_products",
     "polygonize",
     "quicklook",
     "quicklook_path_for",

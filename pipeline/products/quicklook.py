@@ -6,14 +6,22 @@ the overview closest to that size (every tilewise COG has overviews; a
 source without them is read decimated from full resolution, which touches
 every block once). A volume (a DICOM series, a multi-frame file or a 3-D
 Zarr) becomes a triptych of its axial, coronal and sagittal mid-slices, each
-drawn with its voxel spacing; the mask is read from the DICOM SEG (a
-few slices at a time) or the OME-Zarr. Other 2-D masks (OME-Zarr) are read
-row by row at a stride, through the format registry.
+drawn with its voxel spacing and fitted into ``size`` x ``size`` pixels (a
+two-slice CT would otherwise make a panel tens of thousands of pixels wide);
+the mask is read from the DICOM SEG (a few slices at a time) or the
+OME-Zarr. Other 2-D masks (OME-Zarr) are read row by row at a stride,
+through the format registry.
+
+Colours are the run's class colours (the COG mask's colour table when none
+are given). The PNG carries tilewise's mark in its ``Software`` text chunk
+(so ``--overwrite`` may replace it, and nothing else) and appears only when
+complete (written under a temporary name, then renamed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +29,18 @@ from typing import Any
 import numpy as np
 import rasterio
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from rasterio.enums import Resampling
 
+from pipeline.products.files import check_product_path, quicklook_path_for
 from tiling.core.intensity import window_bounds
-from tiling.core.labels import LABEL_NODATA, class_color
+from tiling.core.labels import LABEL_NODATA, RGB, class_color
 from tiling.core.windows import Window
 from tiling.errors import ConfigError
 from tiling.formats import open_source
-from tiling.formats.base import Source
+from tiling.formats.base import Source, temp_name
 from tiling.formats.reference import VolumeGeometry
+from tiling.version import mark
 
 __all__ = ["DEFAULT_SIZE", "quicklook", "quicklook_path_for"]
 
@@ -43,13 +54,6 @@ OVERLAY_ALPHA = 0.45
 STRETCH = (2.0, 98.0)
 
 
-def quicklook_path_for(mask: str | Path) -> Path:
-    """``<mask stem>.quicklook.png`` beside the mask (``m.ome.zarr`` -> ``m.quicklook.png``)."""
-    mask = Path(mask)
-    stem = mask.name.removesuffix(".zarr").removesuffix(".ome") if mask.suffix == ".zarr" else mask.stem
-    return mask.with_name(f"{stem}.quicklook.png")
-
-
 def quicklook(
     source: str | Path,
     mask: str | Path,
@@ -58,6 +62,8 @@ def quicklook(
     bands: Sequence[int] | None = None,
     window: str | None = None,
     size: int = DEFAULT_SIZE,
+    class_colors: Sequence[RGB] | None = None,
+    overwrite: bool = False,
     **reader_options: Any,
 ) -> Path:
     """Write a PNG of ``source`` with ``mask`` overlaid and a legend.
@@ -71,34 +77,69 @@ def quicklook(
             the first three (or one) when None.
         window: a CT intensity window (``"soft-tissue"`` or ``"low,high"``)
             instead of the percentile stretch.
-        size: longest side of a 2-D quicklook, or the panel height of a triptych.
+        size: longest side of a 2-D quicklook, or of each panel of a triptych.
+        class_colors: one RGB colour per class; the COG mask's colour table
+            (else the default palette) when None.
+        overwrite: replace an existing ``out`` that tilewise wrote (never another file).
         reader_options: the source's reader options (``series``, ``level``).
 
     Returns:
         The PNG's path.
 
     Raises:
-        ConfigError: for a mask it cannot draw (a whole-slide DICOM SEG).
+        ConfigError: for a mask it cannot draw (a whole-slide DICOM SEG), or an
+            existing ``out`` without ``overwrite``.
+        SinkError: if ``out`` exists and tilewise did not write it.
     """
     source, mask = Path(source), Path(mask)
     out = Path(out) if out is not None else quicklook_path_for(mask)
+    check_product_path(out, overwrite)
     bounds = window_bounds(window) if window else None
+    lut = _lut(mask, class_colors)
     with open_source(source, **{k: v for k, v in reader_options.items() if v is not None}) as src:
         volume = len(src.shape) == 3
         if volume:
-            image = _triptych(src, mask, bands, bounds, size)
+            image = _triptych(src, mask, bands, bounds, size, lut)
         elif mask.suffix.lower() in (".tif", ".tiff"):
             src.close()
-            image = _overview(source, mask, bands, bounds, size)
+            image = _overview(source, mask, bands, bounds, size, lut)
         elif mask.suffix.lower() == ".dcm":
             raise ConfigError(f"{mask}: a quicklook of a whole-slide DICOM SEG is not supported; write .zarr instead")
         else:
-            image = _strided(src, mask, bands, bounds, size)
+            image = _strided(src, mask, bands, bounds, size, lut)
     names = list(class_names) if class_names else _names_of(mask)
     title = f"{source.name}  ->  {mask.name}" + ("  (axial | coronal | sagittal)" if volume else "")
-    _with_legend(image, names, title).save(out)  # optimize=True costs ~10 s per megapixel
+    _save(_with_legend(image, names, title, lut), out)
     log.info("wrote %s", out)
     return out
+
+
+def _save(image: Image.Image, out: Path) -> None:
+    """Write the PNG with tilewise's mark under a temporary name, then rename it into place."""
+    info = PngInfo()
+    info.add_text("Software", mark())
+    tmp = temp_name(out, ".part.png")
+    try:
+        image.save(tmp, format="PNG", pnginfo=info)  # optimize=True costs ~10 s per megapixel
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _lut(mask: Path, given: Sequence[RGB] | None) -> np.ndarray:
+    """(256, 3) float32: the colour of every label value: ``given``, else the COG's colour table, else the palette."""
+    lut = np.array([class_color(k) for k in range(256)], np.float32)
+    if given:
+        lut[: len(given)] = np.array([tuple(c)[:3] for c in given], np.float32)
+    elif mask.suffix.lower() in (".tif", ".tiff"):
+        try:
+            with rasterio.open(mask) as ds:
+                for k, rgba in ds.colormap(1).items():
+                    if k != LABEL_NODATA and rgba[3]:
+                        lut[k] = rgba[:3]
+        except ValueError:  # no colour table
+            pass
+    return lut
 
 
 def _names_of(mask: Path) -> list[str]:
@@ -155,9 +196,10 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Blend the class colours of ``labels`` (rows, cols) into ``rgb``; nodata stays the source."""
-    lut = np.array([class_color(k) for k in range(256)], np.float32)
+def _overlay(rgb: np.ndarray, labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Blend the class colours (``lut``, one per label value) of ``labels`` (rows, cols) into ``rgb``;
+    nodata stays the source.
+    """
     shown = labels != LABEL_NODATA
     out = rgb.astype(np.float32)
     out[shown] = (1 - OVERLAY_ALPHA) * out[shown] + OVERLAY_ALPHA * lut[labels[shown]]
@@ -169,7 +211,9 @@ def _pick_bands(count: int, bands: Sequence[int] | None) -> list[int]:
     return chosen[:3] if len(chosen) >= 3 else chosen[:1]
 
 
-def _overview(source: Path, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int) -> Image.Image:
+def _overview(
+    source: Path, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int, lut: np.ndarray
+) -> Image.Image:
     """A COG mask over a GDAL source, both read decimated (from their overviews where they have them)."""
     with rasterio.open(mask) as m:
         shape = _fit(m.height, m.width, size)
@@ -178,10 +222,12 @@ def _overview(source: Path, mask: Path, bands: Sequence[int] | None, bounds: Bou
         chosen = _pick_bands(s.count, bands)
         data = s.read(chosen, out_shape=(len(chosen), *shape), resampling=Resampling.nearest, masked=True)
     valid = np.asarray(~np.ma.getmaskarray(data).any(axis=0))
-    return Image.fromarray(_overlay(_stretch(np.ma.getdata(data), valid, bounds), labels))
+    return Image.fromarray(_overlay(_stretch(np.ma.getdata(data), valid, bounds), labels, lut))
 
 
-def _strided(src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int) -> Image.Image:
+def _strided(
+    src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int, lut: np.ndarray
+) -> Image.Image:
     """A 2-D source and mask read through the registry, one row in every ``step``."""
     rows, cols = src.shape
     step = max(1, -(-max(rows, cols) // size))
@@ -196,7 +242,7 @@ def _strided(src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bound
             data[:, i], valid[i] = d[chosen, 0, ::step], v[0, ::step]
             ld, lv = m.read(Window((r, 0), (1, cols)))
             labels[i] = np.where(lv[0, ::step], ld[0, 0, ::step], LABEL_NODATA)
-    return Image.fromarray(_overlay(_stretch(data, valid, bounds), labels))
+    return Image.fromarray(_overlay(_stretch(data, valid, bounds), labels, lut))
 
 
 def _mask_planes(mask: Path, src: Source, planes: dict[str, Window]) -> dict[str, np.ndarray]:
@@ -239,8 +285,10 @@ def _seg_planes(
     return out
 
 
-def _triptych(src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int) -> Image.Image:
-    """Axial, coronal and sagittal mid-slices side by side, each at its physical aspect."""
+def _triptych(
+    src: Source, mask: Path, bands: Sequence[int] | None, bounds: Bounds, size: int, lut: np.ndarray
+) -> Image.Image:
+    """Axial, coronal and sagittal mid-slices side by side, each at its physical aspect within ``size`` x ``size``."""
     nz, ny, nx = src.shape
     planes = {
         "axial": Window((nz // 2, 0, 0), (1, ny, nx)),
@@ -260,22 +308,24 @@ def _triptych(src: Source, mask: Path, bands: Sequence[int] | None, bounds: Boun
         img = data[band : band + 1].reshape(1, *(planes[name].shape[a] for a in axes))
         v = valid.reshape(img.shape[1:])
         lab = labels[name].reshape(img.shape[1:])
-        rgb = _overlay(_stretch(img, v, bounds), lab)
+        rgb = _overlay(_stretch(img, v, bounds), lab, lut)
         row_mm, col_mm = ((sy, sx), (sz, sx), (sz, sy))[list(planes).index(name)]
         if name != "axial":  # z runs up from the lowest slice: show the head at the top
             rgb = rgb[::-1]
-        height = size
-        width = max(1, round(size * (rgb.shape[1] * col_mm) / (rgb.shape[0] * row_mm)))
-        panels.append(Image.fromarray(rgb).resize((width, height), Image.Resampling.NEAREST))
-    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), size), (0, 0, 0))
+        height_mm, width_mm = rgb.shape[0] * row_mm, rgb.shape[1] * col_mm
+        scale = size / max(height_mm, width_mm)  # a few thick slices make a wide, low panel, not a huge one
+        shape = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
+        panels.append(Image.fromarray(rgb).resize(shape, Image.Resampling.NEAREST))
+    height = max(p.height for p in panels)
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), (0, 0, 0))
     x = 0
     for p in panels:
-        canvas.paste(p, (x, 0))
+        canvas.paste(p, (x, (height - p.height) // 2))
         x += p.width + 8
     return canvas
 
 
-def _with_legend(image: Image.Image, names: Sequence[str], title: str) -> Image.Image:
+def _with_legend(image: Image.Image, names: Sequence[str], title: str, lut: np.ndarray) -> Image.Image:
     """``image`` with a title bar above and a legend of class colours and names at the right."""
     font = ImageFont.load_default()
     line = 18
@@ -288,6 +338,7 @@ def _with_legend(image: Image.Image, names: Sequence[str], title: str) -> Image.
     for k, name in enumerate(names):
         y = line + 16 + k * line
         x = image.width + 10
-        draw.rectangle((x, y, x + 14, y + 12), fill=class_color(k), outline=(0, 0, 0))
+        fill = tuple(int(c) for c in lut[k])
+        draw.rectangle((x, y, x + 14, y + 12), fill=fill, outline=(0, 0, 0))
         draw.text((x + 20, y), name, fill=(0, 0, 0), font=font)
     return canvas

@@ -17,15 +17,25 @@ Every feature has ``class`` (the label value), ``class_name``, ``area`` (map
 units squared: the pixel count times the pixel area, before
 simplification), ``pixels``, and ``mean_probability`` (of its class over its
 pixels, from the probabilities COG when given; null otherwise).
+
+The file is a GeoPackage 1.2 (:data:`GPKG_VERSION`): the GDAL of Debian 12
+(3.6), which many analysts' QGIS runs on, warns on every open of the 1.4
+that newer GDAL writes by default and its validator rejects it. It carries
+the layer's QGIS style in a ``layer_styles`` table (QGIS applies it when
+the layer is added: one colour and the class name per class), and
+tilewise's mark in its metadata (so ``--overwrite`` may replace it, and
+nothing else). It is written under a temporary name
+(:func:`tiling.formats.base.temp_name`) and renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
 import time
-import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +52,23 @@ from affine import Affine
 from rasterio.io import DatasetReader
 from tqdm.auto import tqdm
 
-from tiling.core.labels import LABEL_NODATA
+from pipeline.products.files import MARK_KEY, check_product_path
+from tiling.core.labels import LABEL_NODATA, RGB, class_color
 from tiling.errors import ConfigError, SinkError
+from tiling.formats.base import temp_name
+from tiling.version import mark
 
-__all__ = ["DEFAULT_BLOCK", "VectorResult", "polygonize"]
+__all__ = ["DEFAULT_BLOCK", "GPKG_VERSION", "VectorResult", "polygonize", "vector_qml_document"]
 
 log = logging.getLogger(__name__)
 
 #: Edge of the windows the mask is read and polygonised in (a multiple of the COG's 256 px tiles).
 DEFAULT_BLOCK = 1024
+#: GeoPackage version written: 1.2 opens cleanly with GDAL 3.6 (Debian 12) and every QGIS 3.
+GPKG_VERSION = "1.2"
+#: The fields of QGIS's ``layer_styles`` table, as QGIS creates it (``QgsOgrProviderMetadata::saveStyle``).
+_STYLE_FIELDS = ["f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
+                 "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time"]  # fmt: skip
 _FIELDS = ["class", "class_name", "area", "pixels", "mean_probability"]
 #: One feature: geometry, class value, class name, area, pixels, mean probability.
 Row = tuple[shapely.Geometry, int, str, float, int, float]
@@ -143,6 +161,63 @@ def _class_names(ds: rasterio.io.DatasetReader, given: Sequence[str] | None) -> 
     return []
 
 
+def _style_classes(
+    ds: DatasetReader, names: Sequence[str], given: Sequence[RGB] | None, seen: set[int]
+) -> list[tuple[int, str, RGB]]:
+    """``(value, name, colour)`` of every class the style shows: the named ones, else those written.
+
+    Colours are the given ones, else the mask's colour table, else the default palette.
+    """
+    values = range(len(names)) if names else sorted(seen)
+    try:
+        table = ds.colormap(1)
+    except ValueError:  # no colour table
+        table = {}
+    out = []
+    for k in values:
+        color = tuple(given[k][:3]) if given and k < len(given) else tuple(table.get(k, class_color(k))[:3])
+        out.append((k, names[k] if k < len(names) else f"class_{k}", color))
+    return out  # type: ignore[return-value]
+
+
+def vector_qml_document(classes: Sequence[tuple[int, str, RGB]]) -> str:
+    """A QGIS style for the polygons: categories on ``class``, one fill colour and label (the name) each.
+
+    Args:
+        classes: ``(value, name, (r, g, b))`` per class.
+    """
+    root = ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
+    renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr="class", forceraster="0",
+                             symbollevels="0", enableorderby="0")  # fmt: skip
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for k, name, (r, g, b) in classes:
+        ET.SubElement(categories, "category", render="true", symbol=str(k), value=str(k), label=name)
+        symbol = ET.SubElement(symbols, "symbol", type="fill", name=str(k), alpha="1", clip_to_extent="1",
+                               force_rhr="0")  # fmt: skip
+        layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+        props = {"color": f"{r},{g},{b},255", "style": "solid", "outline_color": "35,35,35,255",
+                 "outline_style": "solid", "outline_width": "0.26", "outline_width_unit": "MM"}  # fmt: skip
+        options = ET.SubElement(layer, "Option", type="Map")  # QGIS 3.16 and later
+        for key, value in props.items():
+            ET.SubElement(options, "Option", name=key, value=value, type="QString")
+        for key, value in props.items():  # earlier QGIS 3
+            ET.SubElement(layer, "prop", k=key, v=value)
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.indent(root)
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+
+
+def _write_style(path: Path, layer: str, qml: str) -> None:
+    """Store ``qml`` as the default style of ``layer`` in the GeoPackage's ``layer_styles`` table (as QGIS does)."""
+    values: list[object] = ["", "", layer, "geom", layer[:30], qml, "", True, "written by tilewise", "", "",
+                            np.datetime64(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), "ms")]  # fmt: skip
+    arrays = [np.array([v], dtype=bool if isinstance(v, bool) else object) for v in values]
+    arrays[-1] = np.array([values[-1]], dtype="datetime64[ms]")
+    pyogrio.raw.write(path, None, arrays, _STYLE_FIELDS, layer="layer_styles", driver="GPKG", append=True,
+                      layer_options={"FID": "id"})  # fmt: skip
+
+
 def _blocks(height: int, width: int, block: int) -> Iterator[tuple[int, list[rasterio.windows.Window]]]:
     """Rows of block windows, top to bottom, each left to right."""
     for r in range(0, height, block):
@@ -151,11 +226,14 @@ def _blocks(height: int, width: int, block: int) -> Iterator[tuple[int, list[ras
 
 
 class _LayerWriter:
-    """Appends batches of features to one GeoPackage layer (the file is created by the first batch)."""
+    """Appends batches of features to one GeoPackage layer (the file is created by the first batch,
+    as a GeoPackage :data:`GPKG_VERSION` carrying tilewise's mark).
+    """
 
     def __init__(self, path: Path, layer: str, crs: str | None) -> None:
         self.path, self.layer, self.crs = path, layer, crs
         self.written = 0
+        self.values: set[int] = set()  # the class values written
 
     def write(self, rows: list[Row]) -> None:
         if not rows and self.written:
@@ -167,8 +245,11 @@ class _LayerWriter:
              np.asarray(pixels, np.int64), np.asarray(probs, np.float64)],
             _FIELDS, layer=self.layer, driver="GPKG", geometry_type="Polygon", crs=self.crs,
             append=self.path.exists(), nan_as_null=True,
+            **({} if self.path.exists() else {"dataset_options": {"VERSION": GPKG_VERSION},
+                                               "dataset_metadata": {MARK_KEY: mark()}}),
         )  # fmt: skip
         self.written += len(rows)
+        self.values.update(int(v) for v in values)
 
 
 def polygonize(
@@ -181,12 +262,14 @@ def polygonize(
     block: int = DEFAULT_BLOCK,
     layer: str | None = None,
     progress: bool = False,
+    class_colors: Sequence[RGB] | None = None,
+    overwrite: bool = False,
 ) -> VectorResult:
-    """Write the polygons of a COG mask to a GeoPackage, in the mask's CRS.
+    """Write the polygons of a COG mask to a GeoPackage, in the mask's CRS, with a QGIS style.
 
     Args:
         mask: a single-band label raster (a tilewise COG: class k is value k, 255 nodata).
-        out: the ``.gpkg`` to write; it appears only when complete (an existing one is replaced).
+        out: the ``.gpkg`` to write; it appears only when complete.
         probs: the probabilities COG (one band per class, x255) for ``mean_probability``.
         class_names: names per class value; the mask's ``CLASS_NAMES`` tag when None.
         classes: the class values to polygonise; every class when None.
@@ -196,10 +279,13 @@ def polygonize(
         block: edge of the windows read at a time, pixels.
         layer: the layer name; the mask's stem when None.
         progress: show a progress bar over rows of blocks.
+        class_colors: one RGB colour per class for the layer's style; the
+            mask's colour table when None.
+        overwrite: replace an existing ``out`` that tilewise wrote (never another file).
 
     Raises:
-        ConfigError: on a bad tolerance or block size.
-        SinkError: if ``out`` cannot be written.
+        ConfigError: on a bad tolerance or block size, or an existing ``out`` without ``overwrite``.
+        SinkError: if ``out`` cannot be written, or exists and tilewise did not write it.
     """
     t0 = time.perf_counter()
     mask, out = Path(mask), Path(out)
@@ -209,15 +295,19 @@ def polygonize(
         raise ConfigError(f"block: must be a positive number of pixels, got {block!r}")
     if not out.parent.is_dir():
         raise SinkError(f"{out}: cannot write output, folder {out.parent} does not exist")
+    check_product_path(out, overwrite)
     layer = layer or mask.name.split(".")[0]
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part.gpkg")
+    tmp = temp_name(out, ".part.gpkg")  # a killed run's leftover is found and removed by the next run
     try:
         with rasterio.open(mask) as ds, rasterio.open(probs) if probs else _Nothing() as pds:
             writer = _LayerWriter(tmp, layer, ds.crs.to_wkt() if ds.crs else None)
-            peak = _stream(ds, pds, writer, _class_names(ds, class_names), classes, simplify, block, progress)
+            names = _class_names(ds, class_names)
+            peak = _stream(ds, pds, writer, names, classes, simplify, block, progress)
+            _write_style(tmp, layer, vector_qml_document(_style_classes(ds, names, class_colors, writer.values)))
         os.replace(tmp, out)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for leftover in tmp.parent.glob(f"{tmp.name}*"):  # with SQLite's -journal or -wal beside it
+            leftover.unlink(missing_ok=True)
         raise
     result = VectorResult(out, layer, writer.written, time.perf_counter() - t0, peak)
     log.info("%s: %d polygons in %.1f s", out, result.features, result.seconds)

@@ -462,6 +462,8 @@ class SinkRequest:
             records with the mask (a COG's tags) so seam QA can be redone later.
         qa: also publish the seam QA files beside the mask (sinks with
             ``supports_qa``; see :mod:`tiling.core.qa`).
+        class_colors: one RGB colour per class for the mask's colour table and
+            styles; None for the default palette (:func:`tiling.core.labels.class_color`).
     """
 
     class_names: tuple[str, ...]
@@ -471,6 +473,7 @@ class SinkRequest:
     provenance: ModelProvenance | None = None
     plan: TilePlan | None = None
     qa: bool = False
+    class_colors: tuple[tuple[int, int, int], ...] | None = None
 
 
 class Sink(ABC):

@@ -32,7 +32,11 @@ def test_infer_qa_writes_the_coverage_raster_and_the_disagreement(qa_run) -> Non
     assert "--tta flips (4 forward passes per tile)" in output  # the cost is shown on the report line
     assert "seam QA: overlap disagreement" in output
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["m.json", "m.qa.json", "m.qa.tif", "m.qml", "m.tif", "scene.tif"]  # no temporary left
+    assert names == ["m.json", "m.qa.json", "m.qa.qml", "m.qa.tif", "m.qml", "m.tif", "scene.tif"]  # no temporary left
+    assets = json.loads((folder / "m.json").read_text())["assets"]  # the STAC Item lists the QA files
+    assert {k: assets[k]["href"] for k in ("qa", "qa_report", "qa_style")} == {
+        "qa": "./m.qa.tif", "qa_report": "./m.qa.json", "qa_style": "./m.qa.qml"
+    }  # fmt: skip
     report = json.loads((folder / "m.qa.json").read_text())
     grid = TileGrid((100, 90), 48, 0.5, "shift", (64, 64))
     count, weight = coverage(grid, "gaussian", Window((0, 0), (100, 90)))
@@ -60,6 +64,7 @@ def test_qa_on_a_finished_mask_recomputes_the_raster_and_reads_the_stored_disagr
     assert f"{out}: overlap disagreement" in result.output and result.output.count("wrote") == 1
     after = json.loads((folder / "m.qa.json").read_text())
     assert after["disagreement"] == before["disagreement"] and after["coverage"] == before["coverage"]
+    assert {"qa", "qa_report", "qa_style"} <= set(json.loads((folder / "m.json").read_text())["assets"])
     with rasterio.open(folder / "m.qa.tif") as ds:
         np.testing.assert_array_equal(ds.read(), raster)
 

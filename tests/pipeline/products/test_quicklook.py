@@ -14,12 +14,14 @@ from pipeline.products.quicklook import OVERLAY_ALPHA
 from tests.conftest import SHARED, write_scene
 from tiling import Window
 from tiling.core.labels import class_color
-from tiling.errors import ConfigError
+from tiling.errors import ConfigError, SinkError
 from tiling.formats import open_sink, open_source
 from tiling.formats.base import SinkRequest
 
 CT5N = SHARED / "dicom" / "series" / "pydicom_98892001_CT5N"
 SLIDE = SHARED / "dicom" / "highdicom" / "sm_image.dcm"
+#: A real 2-slice CT as OME-Zarr: (2, 512, 512), 10 mm slices of 0.39 mm pixels.
+ECT = SHARED / "zarr" / "ect_supplemental_v05.ome.zarr"
 
 
 def _expected(grey: int, k: int) -> np.ndarray:
@@ -84,3 +86,40 @@ def test_whole_slide_seg_quicklook_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="whole-slide DICOM SEG is not supported"):
         quicklook(SLIDE, mask)
     assert not quicklook_path_for(mask).exists()
+
+
+def test_a_thin_volume_makes_panels_that_fit_the_size_not_a_huge_strip(tmp_path: Path) -> None:
+    # a 2-slice CT (10 mm slices, 0.39 mm pixels) made a 21515 px wide PNG at the default size
+    (mask,) = _mask(ECT, tmp_path / "seg.zarr", lambda d, v: np.zeros(d.shape[1:], np.uint8))
+    out = quicklook(ECT, mask, window="soft-tissue", size=120)
+    with Image.open(out) as im:
+        width, height = im.size
+    assert height <= 120 + 26 + 2 * 18 and width <= 3 * 120 + 16 + 200, (width, height)
+    assert width >= 120 + 2 * 8, "still three panels: the axial one at full size"
+
+
+def test_colours_are_the_runs_and_the_png_carries_tilewises_mark(tmp_path: Path) -> None:
+    data = np.full((3, 64, 64), 128, np.uint8)
+    data[:, :, 32:] = 200
+    src = write_scene(tmp_path / "scene.tif", data)
+    colors = ((10, 200, 30), (200, 20, 220))
+    (mask, *_) = _mask(src, tmp_path / "m.tif", lambda d, v: (d[0] > 150).astype(np.uint8), class_colors=colors)
+    out = quicklook(src, mask, size=64)  # the colours come from the mask's colour table
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    blend = np.rint((1 - OVERLAY_ALPHA) * 255 + OVERLAY_ALPHA * np.array(colors[1])).astype(int)
+    assert np.abs(img[26 + 32, 50] - blend).max() <= 1
+    legend = img[26 + 2 : 26 + 14, 64 + 12]
+    assert (np.abs(legend - np.array(colors[0])).max(axis=1) <= 1).any(), "the legend's first swatch"
+    with Image.open(out) as im:
+        assert im.text["Software"].startswith("tilewise")
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        quicklook(src, mask, size=64)
+    assert quicklook(src, mask, size=32, overwrite=True) == out
+    theirs = tmp_path / "theirs.png"
+    Image.new("RGB", (4, 4)).save(theirs)
+    with pytest.raises(SinkError, match="not written by tilewise"):
+        quicklook(src, mask, out=theirs, overwrite=True)
+    assert Image.open(theirs).size == (4, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.json", "m.qml", "m.quicklook.png", "m.tif", "scene.tif", "theirs.png"
+    ]  # fmt: skip

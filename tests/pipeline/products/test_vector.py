@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from pipeline.products import polygonize
 from tests.conftest import SHARED
 from tiling import GeoRef, Window
 from tiling.core.labels import LABEL_NODATA
-from tiling.errors import ConfigError
+from tiling.errors import ConfigError, SinkError
 from tiling.formats.geotiff.writer import CogSink
 
 SPACENET = SHARED / "segmentation" / "spacenet_atlanta_buildings"
@@ -30,7 +32,7 @@ def _cog(path: Path, labels: np.ndarray, names, georef=UTM, probs: np.ndarray | 
 
 
 def _read(gpkg: Path):
-    meta, _, geoms, fields = pyogrio.raw.read(gpkg)
+    meta, _, geoms, fields = pyogrio.raw.read(gpkg, layer=0)
     columns = dict(zip(meta["fields"], fields))
     return meta, [shapely.from_wkb(g) for g in geoms], columns
 
@@ -125,7 +127,7 @@ def test_mean_probability_simplify_and_an_empty_class(tmp_path: Path) -> None:
     assert len(shapely.get_coordinates(gs)) < 10 < len(shapely.get_coordinates(ge))
     assert gs.area == pytest.approx(ge.area, rel=0.05)
     empty = polygonize(tmp_path / "s.tif", tmp_path / "none.gpkg", classes=[2])
-    assert empty.features == 0 and pyogrio.read_info(empty.path)["features"] == 0
+    assert empty.features == 0 and pyogrio.read_info(empty.path, layer=0)["features"] == 0
 
 
 def test_bad_arguments_leave_nothing(tmp_path: Path) -> None:
@@ -133,3 +135,61 @@ def test_bad_arguments_leave_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="simplify"):
         polygonize(mask, tmp_path / "v.gpkg", simplify=-1)
     assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".v.gpkg*"))
+
+
+def _sqlite_header(path: Path) -> tuple[bytes, int]:
+    """The SQLite header's application_id and user_version (offsets 68 and 60, big-endian)."""
+    head = path.read_bytes()[:100]
+    return head[68:72], int.from_bytes(head[60:64], "big")
+
+
+def test_the_geopackage_is_version_1_2_marked_and_styled_with_the_class_colours(tmp_path: Path) -> None:
+    # GDAL 3.6 (Debian 12, the analysts' QGIS) warns on every open of the 1.4 newer GDAL writes by default
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:30, 10:30] = 1
+    labels[40:60, 5:50] = 2
+    sink = CogSink(tmp_path / "m.tif", labels.shape, UTM, ["soil", "water", "trees"],
+                   class_colors=[(10, 20, 30), (31, 120, 180), (51, 160, 44)])  # fmt: skip
+    sink.write(Window((0, 0), labels.shape), labels, None)
+    mask = sink.finalize()[0]
+    gpkg = polygonize(mask, tmp_path / "m.gpkg").path
+    assert _sqlite_header(gpkg) == (b"GPKG", 10200)
+    assert pyogrio.read_info(gpkg, layer="m")["dataset_metadata"]["TILEWISE"].startswith("tilewise")
+    with sqlite3.connect(gpkg) as db:
+        (geom_column,) = db.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name='m'").fetchone()
+        rows = db.execute(
+            "SELECT f_table_catalog, f_table_schema, f_table_name, f_geometry_column, useAsDefault, styleQML "
+            "FROM layer_styles"
+        ).fetchall()
+        kinds = dict(db.execute("SELECT table_name, data_type FROM gpkg_contents").fetchall())
+    assert kinds == {"m": "features", "layer_styles": "attributes"}  # registered, as QGIS registers its own
+    ((catalog, schema, table, column, default, qml),) = rows
+    # what QGIS looks the default style up by: f_table_schema='' AND f_table_name AND f_geometry_column
+    assert (catalog, schema, table, column, default) == ("", "", "m", geom_column, 1)
+    renderer = ET.fromstring(qml).find("renderer-v2")
+    assert (renderer.get("type"), renderer.get("attr")) == ("categorizedSymbol", "class")
+    cats = [(c.get("value"), c.get("label")) for c in renderer.iter("category")]
+    assert cats == [("0", "soil"), ("1", "water"), ("2", "trees")]
+    fills = {s.get("name"): s.find("layer/Option/Option[@name='color']").get("value") for s in renderer.iter("symbol")}
+    assert fills == {"0": "10,20,30,255", "1": "31,120,180,255", "2": "51,160,44,255"}
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite_and_only_if_tilewise_wrote_it(tmp_path: Path) -> None:
+    labels = np.zeros((32, 32), np.uint8)
+    labels[4:12, 4:12] = 1
+    mask = _cog(tmp_path / "m.tif", labels, ["bg", "thing"])
+    theirs = tmp_path / "buildings.gpkg"
+    pyogrio.raw.write(theirs, np.array(shapely.to_wkb([shapely.box(0, 0, 1, 1)]), dtype=object),
+                      [np.array([7], np.int32)], ["id"], layer="buildings", driver="GPKG",
+                      geometry_type="Polygon", crs="EPSG:32633")  # fmt: skip
+    before = theirs.read_bytes()
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        polygonize(mask, theirs)
+    with pytest.raises(SinkError, match="not written by tilewise, so it is never replaced"):
+        polygonize(mask, theirs, overwrite=True)
+    assert theirs.read_bytes() == before
+    ours = polygonize(mask, tmp_path / "v.gpkg").path
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        polygonize(mask, ours, classes=[0])
+    assert polygonize(mask, ours, classes=[0], overwrite=True).features == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["buildings.gpkg", "m.json", "m.qml", "m.tif", "v.gpkg"]

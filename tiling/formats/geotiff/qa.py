@@ -8,8 +8,11 @@
 - ``<mask stem>.qa.json``: the tile plan, the step, coverage figures (how much
   of the scene lies under 1, 2, 3, 4+ tiles) and the disagreement between
   overlapping tiles when the run measured it (``tilewise infer --qa``).
+- ``<mask stem>.qa.qml``: the raster's QGIS style (QGIS loads it with the
+  raster): band 1 in five colours, red where no tile covers a pixel, then
+  1, 2, 3 and 4 or more tiles.
 
-Both are written under temporary names (:meth:`QaFiles.write`) and moved
+All three are written under temporary names (:meth:`QaFiles.write`) and moved
 into place by :meth:`QaFiles.publish`: by the COG sink's ``finalize``, or
 by ``tilewise qa`` for a finished mask. The mask records what they need in
 its tags: ``TILEWISE_PLAN`` (the :class:`~tiling.core.qa.TilePlan`) and,
@@ -19,6 +22,7 @@ after a run with ``--qa``, ``TILEWISE_DISAGREEMENT``.
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +37,42 @@ from tiling.core.qa import Disagreement, TilePlan, coverage_blocks, qa_step
 from tiling.errors import ConfigError
 from tiling.formats.base import StagedFiles, sink_error
 
-__all__ = ["PLAN_TAG", "DISAGREEMENT_TAG", "QaFiles", "qa_paths", "read_qa_tags"]
+__all__ = ["DISAGREEMENT_TAG", "PLAN_TAG", "QaFiles", "qa_paths", "qa_qml_document", "read_qa_tags"]
 
 #: Mask tags holding the tile plan and the measured disagreement (JSON).
 PLAN_TAG = "TILEWISE_PLAN"
 DISAGREEMENT_TAG = "TILEWISE_DISAGREEMENT"
 
 
-def qa_paths(mask: Path) -> tuple[Path, Path]:
-    """``(<stem>.qa.tif, <stem>.qa.json)`` beside ``mask``."""
-    return mask.with_name(f"{mask.stem}.qa.tif"), mask.with_name(f"{mask.stem}.qa.json")
+#: Colours of pixels under 0, 1, 2, 3 and 4+ tiles in the QA raster's style: uncovered is an error (red).
+QA_COLORS = ("#d7191c", "#fdae61", "#a6d96a", "#1a9641", "#0b5d1e")
+
+
+def qa_paths(mask: Path) -> tuple[Path, Path, Path]:
+    """``(<stem>.qa.tif, <stem>.qa.json, <stem>.qa.qml)`` beside ``mask``."""
+    return tuple(mask.with_name(f"{mask.stem}.qa.{ext}") for ext in ("tif", "json", "qml"))  # type: ignore[return-value]
+
+
+def qa_qml_document() -> str:
+    """The QA raster's QGIS style: band 1 (tiles per pixel) in discrete colours for 0, 1, 2, 3, 4+ tiles."""
+    root = ET.Element("qgis", version="3.22.0", styleCategories="AllStyleCategories")
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="singlebandpseudocolor", band="1", opacity="1",
+                             alphaBand="-1", classificationMin="0", classificationMax="4")  # fmt: skip
+    ET.SubElement(renderer, "rasterTransparency")
+    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader", colorRampType="DISCRETE",
+                           classificationMode="1", clip="0", minimumValue="0", maximumValue="4")  # fmt: skip
+    labels = ("no tile", "1 tile", "2 tiles", "3 tiles", "4+ tiles")
+    # DISCRETE: a pixel takes the first entry whose value is >= its own
+    for bound, color, label in zip(("0.5", "1.5", "2.5", "3.5", "inf"), QA_COLORS, labels):
+        ET.SubElement(shader, "item", value=bound, color=color, alpha="255", label=label)
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.indent(root)
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        "<!-- style of a seam QA raster written by tilewise -->\n" + ET.tostring(root, encoding="unicode") + "\n"
+    )
 
 
 def read_qa_tags(mask: Path) -> tuple[TilePlan, Disagreement | None, dict[str, Any]]:
@@ -75,7 +105,7 @@ def read_qa_tags(mask: Path) -> tuple[TilePlan, Disagreement | None, dict[str, A
 
 
 class QaFiles(StagedFiles):
-    """The ``.qa.tif`` and ``.qa.json`` of one mask, written to temporary names, then published.
+    """The ``.qa.tif``, ``.qa.json`` and ``.qa.qml`` of one mask, written to temporary names, then published.
 
     Args:
         mask: the mask's final path.
@@ -93,12 +123,17 @@ class QaFiles(StagedFiles):
         self.transform = (
             Affine(*transform) if transform is not None and not isinstance(transform, Affine) else transform
         )
-        self.raster, self.report = qa_paths(mask)
-        super().__init__(self.raster, self.report)
+        self.raster, self.report, self.style = qa_paths(mask)
+        super().__init__(self.raster, self.report, self.style)
         self.summary: dict[str, Any] = {}
 
+    @property
+    def finals(self) -> tuple[Path, Path, Path]:
+        """The final paths: the raster, the report, the style."""
+        return self.raster, self.report, self.style
+
     def write(self, disagreement: Disagreement | None, software: str = "tilewise") -> dict[str, Any]:
-        """Compute the coverage raster block by block and write both files under temporary names.
+        """Compute the coverage raster block by block and write the three files under temporary names.
 
         Returns:
             The report written to the JSON.
@@ -153,6 +188,7 @@ class QaFiles(StagedFiles):
         }
         try:
             self.temp(self.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            self.temp(self.style).write_text(qa_qml_document(), encoding="utf-8")
         except OSError as e:
             raise sink_error(self.report, e) from e
         self.summary = report

@@ -26,16 +26,17 @@ import rasterio.shutil
 import rasterio.windows
 from affine import Affine
 from rasterio._err import CPLE_BaseError
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 
-from tiling.core.labels import LABEL_NODATA, default_colormap
+from tiling.core.labels import LABEL_NODATA, RGB, class_color, colormap
 from tiling.core.qa import Disagreement, TilePlan
 from tiling.core.windows import Window
 from tiling.errors import ConfigError
 from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable, sink_error, temp_name
 from tiling.formats.geotiff import gdal  # noqa: F401  (caps GDAL's block cache before any I/O)
 from tiling.formats.geotiff.qa import DISAGREEMENT_TAG, PLAN_TAG, QaFiles, qa_paths
-from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, source_datetime
+from tiling.formats.geotiff.sidecars import MaskDescription, Sidecars, optional, remove_previous, source_datetime
 from tiling.formats.reference import MapReference
 from tiling.version import mark
 
@@ -100,7 +101,13 @@ class CogSink(Sink):
     The mask copies the source's CRS, transform, width and height; nodata
     pixels get label 255, declared as the file's nodata. Class names go into
     the band description and tags, colours into the colour table; a QGIS
-    style and a STAC Item go beside it.
+    style and a STAC Item go beside it. The probabilities are plain bands
+    (photometric MINISBLACK, no alpha: four classes must not read as RGBA),
+    each described by its class name.
+
+    The style, the STAC Item and the QA files are optional products: one
+    that cannot be made is a warning naming it and the reason, and the mask
+    is published without it (see :func:`~tiling.formats.geotiff.sidecars.optional`).
 
     Args:
         path: the output mask.
@@ -112,8 +119,9 @@ class CogSink(Sink):
         provenance: the model that made the mask, for the STAC Item.
         source: the image the mask was made from, for the STAC Item.
         plan: the tile plan, recorded in the mask's tags (``TILEWISE_PLAN``).
-        qa: also publish ``<stem>.qa.tif`` and ``<stem>.qa.json`` (needs ``plan``;
+        qa: also publish ``<stem>.qa.tif``, ``<stem>.qa.json`` and ``<stem>.qa.qml`` (needs ``plan``;
             see :mod:`tiling.formats.geotiff.qa`).
+        class_colors: one RGB colour per class (colour table, styles, STAC); the default palette when None.
 
     Raises:
         SinkError: if the output folder is missing or not writable.
@@ -133,6 +141,7 @@ class CogSink(Sink):
         source: Path | None = None,
         plan: TilePlan | None = None,
         qa: bool = False,
+        class_colors: Sequence[RGB] | None = None,
     ) -> None:
         self.path = Path(path)
         self.plan = plan
@@ -141,10 +150,11 @@ class CogSink(Sink):
         check_writable(self.path)
         self.block = (block, block)
         self.class_names = list(class_names)
+        self.class_colors = tuple(class_colors or (class_color(k) for k in range(len(self.class_names))))
         self.probs = probs_path_for(self.path) if save_probs else None
         description = MaskDescription(
             tuple(self.class_names), (int(shape[0]), int(shape[1])), georef.crs, georef.transform, provenance,
-            source, source_datetime(source) if source is not None else None,
+            source, source_datetime(source) if source is not None else None, self.class_colors,
         )  # fmt: skip
         self._sidecars = Sidecars(self.path, description, self.probs)
         self._qa = QaFiles(self.path, plan, self.shape, georef.crs, georef.transform) if qa and plan else None  # type: ignore[arg-type]
@@ -162,7 +172,8 @@ class CogSink(Sink):
             self._mask = self._add(self.path, dict(base, count=1, dtype="uint8", nodata=LABEL_NODATA), "NEAREST")
             self._probs = None
             if save_probs:
-                profile = dict(base, count=len(self.class_names), dtype="uint8", nodata=None)
+                # plain bands: GDAL would take 3 or 4 uint8 bands for RGB(A), and the 4th class for transparency
+                profile = dict(base, count=len(self.class_names), dtype="uint8", nodata=None, photometric="MINISBLACK")
                 self._probs = self._add(probs_path_for(self.path), profile, "AVERAGE")
             self._describe()
         except Exception:
@@ -173,7 +184,7 @@ class CogSink(Sink):
     @classmethod
     def planned_outputs(cls, path: Path, request: SinkRequest) -> tuple[Path, ...]:
         """The mask, ``<stem>.probs.tif`` when probabilities are saved, the QGIS style, the STAC Item,
-        and with ``qa`` the seam QA raster and report.
+        and with ``qa`` the seam QA raster, report and style.
         """
         probs = (probs_path_for(path),) if request.save_probs else ()
         qa = qa_paths(path) if request.qa else ()
@@ -199,7 +210,7 @@ class CogSink(Sink):
             path, (int(source.shape[0]), int(source.shape[1])), ref, request.class_names, request.save_probs,
             provenance=request.provenance, source=Path(source.path),
             plan=replace(request.plan, block=tuple(int(b) for b in source.block_shape)) if request.plan else None,
-            qa=request.qa,
+            qa=request.qa, class_colors=request.class_colors,
         )  # fmt: skip
 
     def _add(self, final: Path, profile: dict[str, Any], resampling: str) -> _TiffPart:
@@ -221,16 +232,18 @@ class CogSink(Sink):
     def _describe(self) -> None:
         names = json.dumps(self.class_names)
         ds = self._mask.ds
-        ds.write_colormap(1, default_colormap(len(self.class_names)))
+        ds.write_colormap(1, colormap(self.class_colors))
         ds.set_band_description(1, "class")
         ds.update_tags(CLASS_NAMES=names, NODATA_MEANING="no valid source pixel", TILEWISE=mark())
         ds.update_tags(1, **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
         if self.plan is not None:
             ds.update_tags(**{PLAN_TAG: json.dumps(self.plan.to_dict())})
         if self._probs is not None:
+            probs = self._probs.ds
+            probs.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (len(self.class_names) - 1)
             for k, n in enumerate(self.class_names):
-                self._probs.ds.set_band_description(k + 1, f"p({n})")
-            self._probs.ds.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=mark())
+                probs.set_band_description(k + 1, n)
+            probs.update_tags(CLASS_NAMES=names, SCALE="probability = value / 255", TILEWISE=mark())
 
     def record_qa(self, disagreement: Disagreement) -> None:
         """Store the measured disagreement in the mask's tags and the QA report."""
@@ -241,31 +254,53 @@ class CogSink(Sink):
     def finalize(self) -> tuple[Path, ...]:
         """Convert to COG and move into place with its sidecars.
 
+        The style, the STAC Item and the QA files are optional: one that
+        cannot be made is left out with a warning line, never at the mask's cost.
+
         Returns:
             The mask, the probabilities (if saved), the ``.qml``, the STAC ``.json``,
-            and with ``qa`` the ``.qa.tif`` and ``.qa.json``.
+            and with ``qa`` the ``.qa.tif``, ``.qa.json`` and ``.qa.qml`` (those that were made).
 
         Raises:
             SinkFinalizedError: if called twice.
-            SinkError: if the conversion or rename fails (nothing is left behind).
+            SinkError: if the conversion or rename of the mask or the probabilities fails
+                (nothing is left behind).
         """
         self._begin_finalize()
         try:
             for part in self._parts:
                 part.convert(self.block[0])
-            self._sidecars.write()
-            if self._qa is not None:
-                self._qa.write(self._disagreement, mark())
+            qa = self._write_qa()
+            extra = dict(zip(("qa", "qa_report", "qa_style"), qa.finals)) if qa is not None else {}
+            self._sidecars.write(self._mask.tmp_cog, extra)
             for part in self._parts:
                 part.publish()
-            sidecars = self._sidecars.publish()
-            if self._qa is not None:
-                sidecars += self._qa.publish()
         except Exception:
             self.abort()
             raise
         log.info("wrote %s", self.path)
-        return tuple(part.final for part in self._parts) + sidecars
+        return tuple(part.final for part in self._parts) + self._publish_products(qa)
+
+    def _write_qa(self) -> QaFiles | None:
+        """Write the QA files under temporary names; None if not asked for or they failed (with a warning)."""
+        qa = self._qa
+        if qa is None:
+            return None
+        if optional("seam QA files", qa.raster, lambda: qa.write(self._disagreement, mark())):
+            return qa
+        qa.remove()
+        for final in qa.finals:
+            remove_previous(final)
+        return None
+
+    def _publish_products(self, qa: QaFiles | None) -> tuple[Path, ...]:
+        """Move the sidecars and QA files into place after the mask; a rename that fails is a warning."""
+        published = self._sidecars.publish()
+        if qa is not None and optional("seam QA files", qa.raster, qa.publish):
+            published += qa.finals
+        elif qa is not None:
+            qa.remove()
+        return published
 
     def abort(self) -> None:
         """Remove every temporary file; the final names are never touched."""

@@ -9,6 +9,7 @@ use; their fields are read back through pystac's extension classes instead.
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -17,13 +18,17 @@ import pystac
 import pytest
 import rasterio
 import rasterio.warp
+import shapely
+import shapely.geometry
 from pystac.extensions.classification import ClassificationExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
 from tests.conftest import write_scene
+from tests.support.goes import small_goes
 from tiling import Window
 from tiling.core.labels import class_color
+from tiling.core.qa import TilePlan
 from tiling.formats import open_sink, open_source
 from tiling.formats.base import ModelProvenance, SinkRequest
 
@@ -119,3 +124,55 @@ def test_stac_item_of_a_mask_without_crs_has_no_footprint(tmp_path: Path) -> Non
     d = json.loads(published[-1].read_text())
     _validate_core(d)
     assert d["geometry"] is None and "bbox" not in d and "proj:code" not in d["properties"]
+
+
+def _goes_mask(tmp_path: Path) -> tuple[Path, tuple[Path, ...]]:
+    """A COG mask of the small GOES full disk: labels 0 on the Earth, 255 (nodata) in space."""
+    src_path = small_goes(tmp_path / "goes.tif")
+    out = tmp_path / "out" / "goes_mask.tif"
+    out.parent.mkdir()
+    with open_source(src_path) as src:
+        sink = open_sink(out, src, None, SinkRequest(CLASSES, provenance=PROVENANCE))
+        _, valid = src.read(Window((0, 0), src.shape))
+    sink.write(Window((0, 0), valid.shape), np.where(valid, 0, 255).astype(np.uint8), None)
+    return src_path, sink.finalize()
+
+
+def test_a_geostationary_full_disk_gets_the_earths_outline_as_its_footprint(tmp_path: Path) -> None:
+    # the grid's corners look past the Earth: GDAL cannot transform its outline, so the valid data's is used
+    _, published = _goes_mask(tmp_path)
+    assert [p.name for p in published] == ["goes_mask.tif", "goes_mask.qml", "goes_mask.json"]
+    d = json.loads(published[-1].read_text())
+    _validate_core(d)
+    footprint = shapely.geometry.shape(d["geometry"])
+    assert footprint.is_valid and footprint.geom_type == "Polygon"
+    west, south, east, north = d["bbox"]
+    assert -180 <= west < east <= 180 and -90 <= south < north <= 90
+    assert footprint.bounds == pytest.approx(tuple(d["bbox"]), abs=1e-6)
+    # GOES-16 at 75.2 W sees about 81 degrees around its sub-satellite point
+    assert footprint.contains(shapely.Point(-75, 0)) and footprint.contains(shapely.Point(-75, 60))
+    assert west < -140 and east > -10 and south < -60 and north > 60
+    assert not footprint.contains(shapely.Point(20, 0)) and not footprint.contains(shapely.Point(-170, 0))
+    assert "wkt2" not in d["properties"] or "Geostationary" in d["properties"]["proj:wkt2"]
+
+
+def test_a_product_that_fails_costs_the_mask_nothing_one_warning_line(tmp_path: Path, caplog) -> None:
+    # a folder where the STAC Item goes: its rename fails after the mask is ready
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mask.json").mkdir()
+    src_path = write_scene(tmp_path / "scene.tif", np.full((3, 64, 64), 7, np.uint8))
+    with open_source(src_path) as src:
+        sink = open_sink(tmp_path / "out" / "mask.tif", src, None, SinkRequest(CLASSES, qa=True,
+                         plan=TilePlan(32, 0.25, "shift", "gaussian")))  # fmt: skip
+    sink.write(Window((0, 0), (64, 64)), np.zeros((64, 64), np.uint8), None)
+    with caplog.at_level(logging.WARNING):
+        published = sink.finalize()
+    assert [p.name for p in published] == ["mask.tif", "mask.qml", "mask.qa.tif", "mask.qa.json", "mask.qa.qml"]
+    with rasterio.open(published[0]) as ds:
+        assert ds.read(1).max() == 0
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    line = warning.getMessage()
+    assert "\n" not in line and "mask.json: STAC Item not written" in line and "the mask is published" in line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [p.name for p in published] + ["mask.json"]
+    ), "no temporary file left"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
 
 from tiling import GeoRef, SinkError, SinkFinalizedError, Window
 from tiling.formats.geotiff.writer import CogSink, probs_path_for
@@ -40,10 +41,29 @@ def test_writes_a_cog_with_georef_overviews_colours_and_names(tmp_path) -> None:
         assert ds.tags(1)["CLASS_2"] == "trees"
         np.testing.assert_array_equal(ds.read(1), expected)
     with rasterio.open(probs_path_for(out)) as ds:
-        assert ds.count == 3 and ds.descriptions[1] == "p(water)"
+        assert ds.count == 3 and ds.descriptions == ("soil", "water", "trees")
         np.testing.assert_array_equal(ds.read(2) == 255, expected == 1)
     # the QGIS style and the STAC Item are published with the mask (see test_sidecars.py)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.json", "mask.probs.tif", "mask.qml", "mask.tif"]
+
+
+@pytest.mark.parametrize("names", [["soil", "water", "trees"], ["soil", "water", "trees", "roofs"]])
+def test_probabilities_are_plain_bands_never_rgb_or_alpha(tmp_path, names) -> None:
+    # 3 or 4 uint8 bands read as RGB(A) unless said otherwise: p(class 4) would be transparency
+    out = tmp_path / "mask.tif"
+    sink = CogSink(out, (64, 64), GEOREF, names, save_probs=True)
+    probs = np.full((len(names), 64, 64), 0.25, np.float32)
+    probs[-1] = 0.0  # the last class nowhere: as alpha, every pixel would be transparent
+    sink.write(Window((0, 0), (64, 64)), np.zeros((64, 64), np.uint8), probs)
+    sink.finalize()
+    with rasterio.open(probs_path_for(out)) as ds:
+        assert ds.photometric is None or ds.photometric.name == "minisblack"
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("PHOTOMETRIC", "MINISBLACK") == "MINISBLACK"
+        assert ColorInterp.alpha not in ds.colorinterp
+        assert set(ds.colorinterp) <= {ColorInterp.gray, ColorInterp.undefined}
+        assert all(MaskFlags.alpha not in flags for flags in ds.mask_flag_enums)
+        assert ds.dataset_mask().all(), "every pixel is valid"
+        assert ds.descriptions == tuple(names)
 
 
 def test_abort_leaves_nothing(tmp_path) -> None:
