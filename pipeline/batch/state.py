@@ -197,6 +197,7 @@ def params_of(cfg: PipelineConfig, normalization: Any = None) -> dict[str, Any]:
     params = {
         "tiling": asdict(cfg.tiling), "model": model, "input": asdict(cfg.input), "output": asdict(cfg.output),
         "save_probs": cfg.save_probs, "allow_no_crs": cfg.allow_no_crs, "format": cfg.output_format,
+        "class_colors": cfg.products.class_colors,  # the mask's colour table and style carry them
     }  # fmt: skip
     if normalization is not None:
         params["normalization"] = {"mean": list(normalization.mean), "std": list(normalization.std)}
