@@ -7,6 +7,7 @@ the whole volume, so the tests check values and geometry, not just files.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import highdicom as hd
@@ -19,7 +20,7 @@ from ome_zarr_models.v04 import Image
 from pydicom.uid import generate_uid
 
 from models import Normalization, Predictor
-from pipeline.config import InferenceConfig, InputConfig, ModelConfig, PipelineConfig, TilingConfig
+from pipeline.config import InferenceConfig, InputConfig, ModelConfig, PipelineConfig, ProductsConfig, TilingConfig
 from pipeline.infer import infer_scene
 from tests.conftest import SHARED
 from tests.support.cli import run as support_run
@@ -333,3 +334,24 @@ def test_slice_that_fails_to_decode_inside_a_ray_task(ray_session, tmp_path, ct5
     )
     assert_clean_failure(result, out, "2062")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct5n"]
+
+
+def test_class_colours_reach_the_ome_zarr_and_the_seg(ray_session, tmp_path) -> None:
+    """--class-colors is set once for every product: the Zarr label colours and the SEG's display colours too."""
+    colours = ("#112233", "#445566", "#778899")
+    rgb = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in colours]
+    colored = replace(cfg(256), products=ProductsConfig(class_colors=colours))
+    zarr_out = tmp_path / "mask.zarr"
+    infer_scene(LANDSAT, zarr_out, colored, model=pixel_model(3), normalization=Normalization((100.0,) * 3, (50.0,) * 3),
+                progress=False)  # fmt: skip
+    image_label = zarr.open_group(zarr_out, mode="r").attrs["image-label"]
+    assert [tuple(c["rgba"][:3]) for c in image_label["colors"][:3]] == rgb
+    seg_out = tmp_path / "seg.dcm"
+    seg_cfg = replace(cfg(16, window="soft-tissue"), products=ProductsConfig(class_colors=colours))
+    infer_scene(
+        CT5N, seg_out, seg_cfg, model=pixel_model(1), normalization=Normalization((0.5,), (0.25,)), progress=False
+    )
+    seg = hd.seg.segread(seg_out)
+    shown = {d.SegmentLabel: list(d.RecommendedDisplayCIELabValue) for d in seg.SegmentSequence}
+    expected = {f"class_{k}": list(hd.color.CIELabColor.from_rgb(*c).value) for k, c in enumerate(rgb)}
+    assert shown and all(shown[name] == expected[name] for name in shown), (shown, expected)

@@ -168,8 +168,10 @@ class DicomSegSink(Sink):
         save_probs: bool = False,
         provenance: ModelProvenance | None = None,
         content_creator: str = DEFAULT_SEG_CREATOR,
+        class_colors: Sequence[tuple[int, int, int]] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.class_colors = list(class_colors) if class_colors is not None else None
         self.content_creator = person_name(content_creator, "content_creator")
         self.geometry = geometry
         self.shape = tuple(geometry.shape)
@@ -228,6 +230,7 @@ class DicomSegSink(Sink):
         return cls(
             path, ref, request.class_names, segment_codes=codes_map, segmentation_type=options.seg_type,
             save_probs=request.save_probs, provenance=request.provenance, content_creator=options.seg_creator,
+            class_colors=request.class_colors,
         )  # fmt: skip
 
     def write(self, window: Window, labels: np.ndarray, probs: np.ndarray | None = None) -> None:
@@ -244,6 +247,10 @@ class DicomSegSink(Sink):
             scaled = np.rint(np.clip(probs, 0.0, 1.0) * FRACTIONAL_SCALE).astype(np.uint8)
             index = (slice(None), *window.to_slices())
             self._probs[index] = scaled
+
+    def _color(self, k: int) -> tuple[int, int, int]:
+        """Class ``k``'s display colour: the run's (``--class-colors``), else the palette's."""
+        return tuple(self.class_colors[k]) if self.class_colors is not None else class_color(k)  # type: ignore[return-value]
 
     def _algorithm(self) -> hd.AlgorithmIdentificationSequence:
         parameters = None
@@ -275,7 +282,7 @@ class DicomSegSink(Sink):
                     segmented_property_type=kind,
                     algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                     algorithm_identification=algorithm,
-                    display_color=hd.color.CIELabColor.from_rgb(*class_color(k)),
+                    display_color=hd.color.CIELabColor.from_rgb(*self._color(k)),
                 )
             )
         return out

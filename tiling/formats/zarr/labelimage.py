@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from tiling.core.labels import LABEL_NODATA
+from tiling.core.labels import LABEL_NODATA, RGB
 from tiling.core.windows import Window, clip, plan_windows
 from tiling.errors import ConfigError, SinkError
 from tiling.formats.base import Sink, SinkRequest, Source, sink_error, temp_name
@@ -283,9 +283,15 @@ class LabelImageSink(Sink):
     into_source = True
 
     def __init__(
-        self, path: str | Path, image: ZarrSource, class_names: Sequence[str], save_probs: bool = False
+        self,
+        path: str | Path,
+        image: ZarrSource,
+        class_names: Sequence[str],
+        save_probs: bool = False,
+        class_colors: Sequence[RGB] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.class_colors = list(class_colors) if class_colors is not None else None
         self.image = Path(image.path)
         self.class_names = list(class_names)
         if not _NAME.fullmatch(self.path.name) or self.path.name == "zarr.json":
@@ -344,7 +350,7 @@ class LabelImageSink(Sink):
                 f"{path}: a label image of {image} is a mask of that image only, and the input is {source.path}; "
                 "segment that image, or write the mask to a store of its own (--out mask.ome.zarr)"
             )
-        return cls(path, source, request.class_names, save_probs=request.save_probs)
+        return cls(path, source, request.class_names, save_probs=request.save_probs, class_colors=request.class_colors)
 
     def _spatial(self, shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(int(n) for n, lead in zip(shape, self._lead) if not lead)
@@ -396,7 +402,7 @@ class LabelImageSink(Sink):
             "datasets": [{"path": "0", "coordinateTransformations": transforms}],
         }  # fmt: skip
         omero = {"channels": [{"label": n, "color": c, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
-                              for n, c in zip(self.class_names, hex_colors(k))]}  # fmt: skip
+                              for n, c in zip(self.class_names, hex_colors(k, self.class_colors))]}  # fmt: skip
         tilewise = {"class_names": self.class_names, "scale": "probability = value / 255"}
         group.attrs.update(self._ome({"multiscales": [multiscale], "omero": omero}, tilewise))
         return arr
@@ -453,7 +459,7 @@ class LabelImageSink(Sink):
         if self._global:
             multiscale["coordinateTransformations"] = self._global
         label = {
-            "colors": label_colors(self.class_names), "source": {"image": "../../"},
+            "colors": label_colors(self.class_names, self.class_colors), "source": {"image": "../../"},
             "properties": [*({"label-value": k, "class": n} for k, n in enumerate(self.class_names)),
                            {"label-value": LABEL_NODATA, "class": "nodata"}],
         }  # fmt: skip

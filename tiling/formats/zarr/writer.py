@@ -18,7 +18,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from tiling.core.labels import LABEL_NODATA, default_colormap
+from tiling.core.labels import LABEL_NODATA, RGB, colormap, default_colormap
 from tiling.core.windows import Window, clip, plan_windows
 from tiling.errors import ConfigError, SinkError
 from tiling.formats.base import Sink, SinkRequest, Source, check_writable, sink_error, temp_name
@@ -37,15 +37,15 @@ _BYTE_WINDOW = {"start": 0, "end": 255, "min": 0, "max": 255}
 DEFAULT_CHUNK = 256
 
 
-def label_colors(class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """``image-label`` colours: the COG sink's palette, nodata transparent."""
-    cmap = default_colormap(len(class_names))
+def label_colors(class_names: Sequence[str], colors: Sequence[RGB] | None = None) -> list[dict[str, Any]]:
+    """``image-label`` colours: ``colors`` (one per class; the COG sink's palette when None), nodata transparent."""
+    cmap = colormap(colors) if colors is not None else default_colormap(len(class_names))
     return [{"label-value": int(k), "rgba": list(rgba)} for k, rgba in sorted(cmap.items())]
 
 
-def hex_colors(classes: int) -> list[str]:
-    """``omero`` channel colours (RRGGBB) from the same palette."""
-    cmap = default_colormap(classes)
+def hex_colors(classes: int, colors: Sequence[RGB] | None = None) -> list[str]:
+    """``omero`` channel colours (RRGGBB) from the same colours."""
+    cmap = colormap(colors) if colors is not None else default_colormap(classes)
     return [f"{cmap[k][0]:02X}{cmap[k][1]:02X}{cmap[k][2]:02X}" for k in range(classes)]
 
 
@@ -93,8 +93,10 @@ class OmeZarrSink(Sink):
         units: Sequence[str | None] | None = None,
         save_probs: bool = False,
         downsample: bool = True,
+        class_colors: Sequence[RGB] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.class_colors = list(class_colors) if class_colors is not None else None
         self.shape = tuple(int(n) for n in shape)
         nd = len(self.shape)
         self.chunks = tuple(min(int(c), n) for c, n in zip(chunks, self.shape))
@@ -142,7 +144,7 @@ class OmeZarrSink(Sink):
             "multiscales": [{"version": OME_VERSION, "name": "probabilities", "axes": axes,
                              "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
             "omero": {"channels": [{"label": n, "color": color, "window": _BYTE_WINDOW}
-                                   for n, color in zip(self.class_names, hex_colors(k))]},
+                                   for n, color in zip(self.class_names, hex_colors(k, self.class_colors))]},
             "tilewise": {"class_names": self.class_names, "scale": "probability = value / 255"},
         })  # fmt: skip
         return arr
@@ -176,7 +178,7 @@ class OmeZarrSink(Sink):
                 "datasets": [self._dataset(i) for i in range(levels)],
                 "type": "nearest", "metadata": {"method": "numpy strided slicing (nearest)"},
             }],
-            "image-label": {"version": OME_VERSION, "colors": label_colors(self.class_names),
+            "image-label": {"version": OME_VERSION, "colors": label_colors(self.class_names, self.class_colors),
                             "properties": [*({"label-value": k, "class": n} for k, n in enumerate(self.class_names)),
                                            {"label-value": LABEL_NODATA, "class": "nodata"}]},
             "tilewise": {"class_names": self.class_names, "nodata": LABEL_NODATA},
@@ -267,7 +269,7 @@ class OmeZarrSink(Sink):
         t = source.reference.array_transform(len(shape))
         return cls(
             path, shape, chunks, scale=t.scale, translation=t.translation, axes=t.axes, units=t.units,
-            class_names=request.class_names, save_probs=request.save_probs,
+            class_names=request.class_names, save_probs=request.save_probs, class_colors=request.class_colors,
         )  # fmt: skip
 
 
