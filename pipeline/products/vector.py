@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +41,10 @@ from affine import Affine
 from rasterio.io import DatasetReader
 from tqdm.auto import tqdm
 
+from tiling.core import staging
 from tiling.core.labels import LABEL_NODATA
 from tiling.errors import ConfigError, SinkError
+from tiling.formats.base import temp_name
 
 __all__ = ["DEFAULT_BLOCK", "VectorResult", "polygonize"]
 
@@ -210,7 +211,8 @@ def polygonize(
     if not out.parent.is_dir():
         raise SinkError(f"{out}: cannot write output, folder {out.parent} does not exist")
     layer = layer or mask.name.split(".")[0]
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part.gpkg")
+    staging.remove_stale(out.parent, f".{out.name}.")  # what a killed run left
+    tmp = temp_name(out, ".part.gpkg")
     try:
         with rasterio.open(mask) as ds, rasterio.open(probs) if probs else _Nothing() as pds:
             writer = _LayerWriter(tmp, layer, ds.crs.to_wkt() if ds.crs else None)
@@ -219,6 +221,8 @@ def polygonize(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        staging.release(tmp)
     result = VectorResult(out, layer, writer.written, time.perf_counter() - t0, peak)
     log.info("%s: %d polygons in %.1f s", out, result.features, result.seconds)
     return result
