@@ -74,7 +74,7 @@ class _Pending:
     mask: Path
     input: dict[str, Any]
     params: dict[str, Any]
-    ours: bool  # a record exists, so its outputs are tilewise's to replace
+    ours: bool  # a record file exists (even one that cannot be read): its outputs are the batch's to replace
     attempts: int  # attempts since the scene last changed, before this run
     report: SceneReport
     resumable: bool = False  # the last attempt had the same input, model and parameters: its journal is good

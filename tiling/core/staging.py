@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -42,16 +43,18 @@ import socket
 import stat
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "LOCK_SUFFIX",
     "collecting",
     "host",
     "release",
+    "releasing",
     "remove_stale",
     "stale_entries",
     "temp_path",
@@ -178,7 +181,7 @@ def collecting() -> Iterator[list[Path]]:
     try:
         yield named
     finally:
-        stack.remove(named)
+        stack.pop()  # blocks nest within a thread: this block's list is the last
 
 
 def release(*paths: Path) -> None:
@@ -198,6 +201,12 @@ def release(*paths: Path) -> None:
 
 
 def _drop(claim: _Claim) -> None:
+    """Let go of ``claim``'s lock; its lock file goes unless something of its name is left.
+
+    Something left (the temporary, or a file a format derived from its name,
+    such as a COG's second temporary: hence a listing of the folder) keeps its
+    lock file, now free, so a later run knows it for a leftover.
+    """
     if claim.fd < 0:
         return
     family = claim.lock.name.removesuffix(LOCK_SUFFIX)
@@ -220,6 +229,33 @@ def _release_all() -> None:
         _claims.clear()
     for claim in claims:
         _drop(claim)
+
+
+def releasing(method: Callable[..., Any], on_return: bool, on_error: bool) -> Callable[..., Any]:
+    """``method`` of an object that names temporaries (a sink), recording them on the object.
+
+    Every temporary the call names is added to the object's
+    ``_temporaries``; when the call returns (``on_return``) or raises
+    (``on_error``), all of them are released (:func:`release`).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        returned = False
+        with collecting() as named:
+            try:
+                result = method(self, *args, **kwargs)
+                returned = True
+                return result
+            finally:
+                mine: list[Path] = self.__dict__.setdefault("_temporaries", [])
+                mine.extend(named)
+                if (on_return if returned else on_error) and mine:
+                    release(*mine)
+                    mine.clear()
+
+    wrapper.releases_temporaries = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _alive(pid: int) -> bool:

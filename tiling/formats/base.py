@@ -10,7 +10,6 @@ this module and never on each other.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import shutil
@@ -492,11 +491,11 @@ class Sink(ABC):
         outlives a sink's work and no format has to remember to do it.
         """
         super().__init_subclass__(**kwargs)
-        when = {"__init__": _ON_ERROR, "finalize": _ON_RETURN, "abort": _ON_RETURN | _ON_ERROR}
-        for name, on in when.items():
+        when = {"__init__": (False, True), "finalize": (True, False), "abort": (True, True)}
+        for name, (on_return, on_error) in when.items():
             method = cls.__dict__.get(name)
-            if callable(method) and not getattr(method, "_releases_temporaries", False):
-                setattr(cls, name, _releasing(method, on))
+            if callable(method) and not getattr(method, "releases_temporaries", False):
+                setattr(cls, name, staging.releasing(method, on_return, on_error))
 
     def record_qa(self, disagreement: Disagreement) -> None:  # noqa: B027 - a hook most sinks ignore
         """Take the disagreement the stitcher measured, before :meth:`finalize` (a no-op by default)."""
@@ -565,31 +564,6 @@ class Sink(ABC):
         if self._closed:
             raise SinkFinalizedError(f"{self.path}: finalised twice")
         self._closed = True
-
-
-_ON_RETURN, _ON_ERROR = 1, 2
-
-
-def _releasing(method: Callable[..., Any], on: int) -> Callable[..., Any]:
-    """``method`` of a sink, recording the temporaries it names; releasing all of the sink's ``on`` return/error."""
-
-    @functools.wraps(method)
-    def wrapper(self: Sink, *args: Any, **kwargs: Any) -> Any:
-        outcome = _ON_ERROR
-        with staging.collecting() as named:
-            try:
-                result = method(self, *args, **kwargs)
-                outcome = _ON_RETURN
-                return result
-            finally:
-                mine: list[Path] = self.__dict__.setdefault("_temporaries", [])
-                mine.extend(named)
-                if on & outcome:
-                    staging.release(*mine)
-                    mine.clear()
-
-    wrapper._releases_temporaries = True  # type: ignore[attr-defined]
-    return wrapper
 
 
 @dataclass(frozen=True)
