@@ -9,14 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.batch.state import STATE_DIR, Status
+from tiling.core import staging
 from tiling.formats.base import temp_name
 
-__all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_RUN_FAILED", "BatchReport", "SceneReport"]
+__all__ = ["EXIT_NO_SCENES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_RUN_FAILED", "BatchReport", "SceneReport"]
 
 #: Every scene is done (segmented now, or skipped as already done).
 EXIT_OK = 0
@@ -24,6 +24,9 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 #: The run finished but some scenes failed; the report names each with its reason.
 EXIT_PARTIAL = 3
+#: SOURCES named no scene at all (an empty folder, a glob matching nothing, a manifest without rows):
+#: nothing ran and no report was written; a scheduled run over a mistyped path says so instead of "0 scenes".
+EXIT_NO_SCENES = 4
 
 
 @dataclass
@@ -113,11 +116,17 @@ class BatchReport:
         json_path, text_path = folder / f"{stamp}.json", folder / f"{stamp}.txt"
         self.files = (str(json_path), str(text_path))
         for path, text in ((json_path, json.dumps(asdict(self), indent=1)), (text_path, self.summary())):
-            tmp = temp_name(path, path.suffix)
-            tmp.write_text(text + "\n")
-            os.replace(tmp, path)
-            latest = folder / f"latest{path.suffix}"
-            tmp = temp_name(latest, path.suffix)
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, latest)
+            for final in (path, folder / f"latest{path.suffix}"):
+                _write_atomically(final, text + "\n")
         return json_path, text_path
+
+
+def _write_atomically(final: Path, text: str) -> None:
+    """Write ``text`` under a temporary name, then rename it to ``final``; no temporary is left."""
+    tmp = temp_name(final, final.suffix)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        staging.release(tmp)

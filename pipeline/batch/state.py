@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,8 @@ import torch
 
 from pipeline.batch.storage import S3, is_url
 from pipeline.config import PipelineConfig
-from tiling.formats.base import stale_temp_files, temp_name
+from tiling.core import staging
+from tiling.formats.base import temp_name
 
 __all__ = [
     "STATE_DIR",
@@ -44,6 +46,8 @@ __all__ = [
     "record_path",
     "write_record",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Bookkeeping folder inside ``--out``: ``state/`` (one record per scene) and ``runs/`` (reports).
 STATE_DIR = ".tilewise"
@@ -205,24 +209,67 @@ def params_of(cfg: PipelineConfig, normalization: Any = None) -> dict[str, Any]:
     return plain
 
 
+#: What each field of a record must hold (JSON types); bool is never an int here.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "src": (str,), "mask": (str,), "outputs": (list,), "input": (dict,), "model": (str,), "params": (dict,),
+    "status": (str,), "error": (str,), "attempts": (int,), "tiles": (int,), "resumed_tiles": (int,),
+    "seconds": (int, float), "finished": (str,),
+}  # fmt: skip
+_REQUIRED = ("src", "mask", "outputs", "input", "model", "params", "status")
+
+
+def _record_problem(data: object) -> str | None:
+    """Why ``data`` is not a record (a field missing, unknown or of the wrong type); None when it is one."""
+    if not isinstance(data, dict):
+        return f"holds {type(data).__name__}, not an object"
+    for name in _REQUIRED:
+        if name not in data:
+            return f"has no {name!r}"
+    for name, value in data.items():
+        kinds = _FIELD_TYPES.get(name)
+        if kinds is None:
+            return f"has an unknown field {name!r}"
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"{name!r} is {value!r}, not {' or '.join(k.__name__ for k in kinds)}"
+    if not all(isinstance(o, str) for o in data["outputs"]):
+        return "'outputs' holds something other than paths"
+    if data["status"] not in (Status.DONE.value, Status.FAILED.value):
+        return f"'status' is {data['status']!r}, not 'done' or 'failed'"
+    if any(data.get(n, 0) < 0 for n in ("attempts", "tiles", "resumed_tiles")):
+        return "a count is negative"
+    return None
+
+
 def read_record(path: Path) -> SceneRecord | None:
-    """The record at ``path``, or None when there is none or it cannot be read (the scene is then redone)."""
+    """The record at ``path``, or None when there is none or it cannot be read (the scene is then redone).
+
+    A record is read by anyone who can write into ``--out``: one that is not
+    JSON, or whose fields do not hold what they should (``"attempts": "2"``),
+    counts as unreadable, with a log line.
+    """
     try:
         data = json.loads(path.read_text())
-        data["outputs"] = tuple(data.get("outputs", ()))
-        return SceneRecord(**data)
-    except (OSError, ValueError, TypeError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable state record (%s); the scene is segmented again", path, e)
+        return None
+    problem = _record_problem(data)
+    if problem is not None:
+        log.warning("%s: unreadable state record (it %s); the scene is segmented again", path, problem)
+        return None
+    data["outputs"] = tuple(data["outputs"])
+    return SceneRecord(**data)
 
 
 def write_record(path: Path, record: SceneRecord) -> None:
     """Write ``record`` at ``path`` atomically (temporary name, then rename), removing a killed run's leftovers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in stale_temp_files(path):
-        stale.unlink(missing_ok=True)
+    staging.remove_stale(path.parent, f".{path.name}.")
     tmp = temp_name(path, ".json")
     try:
         tmp.write_text(json.dumps(asdict(record), indent=1, default=str) + "\n")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        staging.release(tmp)

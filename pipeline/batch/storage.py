@@ -11,6 +11,11 @@ An ``--out`` URL is staged: each mask is written into a local folder under
 its temporary name, published there, then uploaded (one PUT per file, which
 S3 makes visible whole or not at all) and the local copy removed; its state
 record is uploaded after it. Records are downloaded at the start of a run.
+
+Every object tilewise uploads carries its mark in the object's metadata
+(``x-amz-meta-written-by: tilewise``), which a HEAD request reads: an
+existing object without it was not written by tilewise, and a batch never
+uploads over it (the rule that holds for local files).
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from typing import Any
 
 from tiling.errors import ConfigError
 
-__all__ = ["S3", "gdal_path", "is_url"]
+__all__ = ["MARK", "S3", "gdal_path", "is_url"]
 
 log = logging.getLogger(__name__)
+
+#: The metadata every object tilewise uploads carries (``x-amz-meta-written-by``).
+MARK = {"written-by": "tilewise"}
 
 
 def is_url(path: str | Path) -> bool:
@@ -67,6 +75,29 @@ class S3:
             raise ConfigError(f"{url}: {e}") from None
         return {"url": url, "size": h["ContentLength"], "etag": h["ETag"], "modified": h["LastModified"].isoformat()}
 
+    def written_by_tilewise(self, url: str) -> bool | None:
+        """Whether the object at ``url`` carries tilewise's mark; None when there is no object.
+
+        Raises:
+            ConfigError: if S3 refuses the request (credentials, a missing bucket).
+        """
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split(url)
+        try:
+            h = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise ConfigError(f"{url}: {e}") from None
+        metadata = {k.lower(): v for k, v in (h.get("Metadata") or {}).items()}
+        return all(metadata.get(k) == v for k, v in MARK.items())
+
+    def objects_at(self, url: str) -> list[str]:
+        """The object at ``url`` and every object under ``url/`` (a store uploaded as a folder)."""
+        found = [url] if self.written_by_tilewise(url) is not None else []
+        return found + list(self.list(url.rstrip("/") + "/"))
+
     def list(self, pattern: str) -> Iterator[str]:
         """URLs under a prefix (``s3://b/p/``) or matching a glob (``s3://b/p/*.tif``), in key order."""
         bucket, key = _split(pattern)
@@ -80,12 +111,12 @@ class S3:
                     yield f"s3://{bucket}/{k}"
 
     def upload(self, path: Path, url: str) -> None:
-        """Upload a file, or every file of a folder (a Zarr store: not atomic as a whole), to ``url``."""
+        """Upload a file, or every file of a folder (a Zarr store: not atomic as a whole), to ``url``, marked."""
         bucket, key = _split(url)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
             k = key if f == path else f"{key}/{f.relative_to(path).as_posix()}"
-            self.client.upload_file(str(f), bucket, k)
+            self.client.upload_file(str(f), bucket, k, ExtraArgs={"Metadata": dict(MARK)})
 
     def download(self, url: str, path: Path) -> None:
         """Download the object at ``url`` to ``path``."""

@@ -50,7 +50,9 @@ def batch(
     writes a report to OUT/.tilewise/runs/ (JSON and text, also as latest.*).
 
     Exit status: 0 every scene done, 3 some scenes failed (the report names
-    each with its reason), 1 the run itself failed.
+    each with its reason), 1 the run itself failed, 4 SOURCES named no
+    scene (an empty folder, a glob matching nothing, a manifest without
+    rows; tilewise's own outputs are never scenes).
     """
     from pipeline.cli.infer import Terminated, _catch_sigterm
     from pipeline.errors import USER_ERRORS
@@ -75,6 +77,10 @@ def batch(
             normalization=embedded.get("normalization"), progress=progress,
         )  # fmt: skip
     except USER_ERRORS as e:
+        status = getattr(e, "exit_status", 1)  # SOURCES naming no scene has a status of its own
+        if status != 1:
+            click.echo(f"Error: {' '.join(str(e).split())}", err=True)
+            ctx.exit(status)
         raise click.ClickException(" ".join(str(e).split())) from None
     except OSError as e:
         raise click.ClickException(f"{out}: {e.strerror or e}") from None

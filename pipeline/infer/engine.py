@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import PipelineConfig
+from pipeline.errors import USER_ERRORS
 from pipeline.infer.datasource import SceneTiles, TileDatasource
 from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, JournaledSink
 from pipeline.infer.plan import ScenePlan
@@ -130,9 +131,10 @@ class _Scene:
         """
         sink = self.sink = self.plan.open_sink()
         writer: Any = sink
-        if self.plan.journal:
+        if self.plan.journal is not None:
             resume = self.plan.resume
-            self.journal = BlockJournal(resume.journal if resume else temp_name(self.plan.out, JOURNAL_SUFFIX))
+            path = resume.journal if resume else temp_name(self.plan.out, JOURNAL_SUFFIX)
+            self.journal = BlockJournal(path, self.plan.journal)
             if resume is not None:
                 self.journal.replay(sink)
             writer = JournaledSink(sink, self.journal, resume.blocks if resume else frozenset())
@@ -149,14 +151,24 @@ class _Scene:
         return sink, self.stitcher
 
     def abort(self, keep_journal: bool = False) -> None:
-        """Remove everything the scene wrote so far (but its journal, when a later run may resume it)."""
-        if self.sink is not None:
-            self.sink.abort()
-        if self.stitcher is not None:
-            self.stitcher.discard()
-        if self.journal is not None:
-            self.journal.close() if keep_journal else self.journal.remove()
+        """Remove everything the scene wrote so far (but its journal, when a later run may resume it).
+
+        Each part is cleaned up even if another one fails (a sink whose
+        ``abort`` raises is logged), so a failing scene never stops the run.
+        """
         self.closed = True
+        parts: list[tuple[str, Callable[[], None]]] = []
+        if self.sink is not None:
+            parts.append(("its sink", self.sink.abort))
+        if self.stitcher is not None:
+            parts.append(("its stitcher", self.stitcher.discard))
+        if self.journal is not None:
+            parts.append(("its journal", self.journal.close if keep_journal else self.journal.remove))
+        for what, clean in parts:
+            try:
+                clean()
+            except Exception as e:
+                log.error("%s: cleaning up %s failed: %s", self.plan.src, what, " ".join(str(e).split()))
 
 
 def _resources(cfg: PipelineConfig, device: str) -> tuple[int, dict[str, Any], dict[str, Any], int]:
@@ -367,8 +379,7 @@ def run_plans(
         for s in scenes.values():
             if not len(s.plan.todo):  # a killed run's journal holds every block: publish from it
                 _route_scene(s, _no_rows(), t0)
-                if on_result is not None and (s.output or s.failure) is not None:
-                    on_result(s.plan, s.output if s.output is not None else s.failure)  # type: ignore[arg-type]
+                _notify(on_result, s)
         ds = _dataset([s.plan for s in scenes.values() if len(s.plan.todo)], cfg, model, device) if total else None
         with tqdm(total=total, unit="tile", desc=label, disable=not progress, smoothing=0.1) as bar:
             for batch in _batches(ds, cfg.inference.stall_timeout, where) if ds is not None else ():
@@ -392,8 +403,7 @@ def run_plans(
             missing = int((~s.stitcher.seen).sum()) if s.stitcher is not None else len(s.plan.grid)
             s.abort()
             s.failure = SceneFailure(TilingError(f"{s.plan.src}: {missing} tiles never arrived; nothing was written"))
-            if on_result is not None:
-                on_result(s.plan, s.failure)
+            _notify(on_result, s)
     return {n: (s.output if s.output is not None else s.failure) for n, s in scenes.items()}  # type: ignore[misc]
 
 
@@ -413,9 +423,8 @@ def _route(
         # most batches hold one scene: hand it the batch itself rather than a copy of every column
         rows = batch if len(numbers) == 1 else {k: v[order == number] for k, v in batch.items()}
         tiles += _route_scene(scene, rows, t0)
-        result = scene.output if scene.output is not None else scene.failure
-        if on_result is not None and not settled and result is not None:
-            on_result(scene.plan, result)
+        if not settled:
+            _notify(on_result, scene)
     return tiles
 
 
@@ -467,7 +476,21 @@ def _route_scene(scene: _Scene, rows: dict[str, np.ndarray], t0: float) -> int:
             scene.closed = True
             if scene.journal is not None:
                 scene.journal.remove()
-    except TilingError as e:
+    except Exception as e:  # this scene fails (a bug, in tilewise or a format plugin, is marked internal)
         scene.abort()
-        scene.failure = SceneFailure(e)
+        scene.failure = SceneFailure(e, internal=not isinstance(e, USER_ERRORS))
     return len(rows["index"])
+
+
+def _notify(
+    on_result: Callable[[ScenePlan, SceneOutput | SceneFailure], None] | None,
+    scene: _Scene,
+) -> None:
+    """Tell the caller that ``scene`` is published or failed; the caller's error is logged, never the run's end."""
+    result = scene.output if scene.output is not None else scene.failure
+    if on_result is None or result is None:
+        return
+    try:
+        on_result(scene.plan, result)
+    except Exception as e:
+        log.error("%s: recording its result failed: %s", scene.plan.src, " ".join(str(e).split()) or type(e).__name__)

@@ -12,7 +12,6 @@ and an existing path that tilewise did not write (never replaced, even with
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ import torch
 from models import Normalization, check_bands, check_weights
 from pipeline.config import PipelineConfig
 from pipeline.errors import USER_ERRORS
-from pipeline.infer.journal import Resume
+from pipeline.infer.journal import JournalPlan, Resume
 from pipeline.products.files import owns_product
-from tiling.core import TileGrid, TileLayout, sample_band_stats
+from tiling.core import TileGrid, TileLayout, sample_band_stats, staging
 from tiling.errors import ConfigError, SinkError
 from tiling.formats import SourceSpec, get_format, open_sink, open_source, output_format, spec_of
-from tiling.formats.base import Sink, SinkRequest, Source, stale_temp_files
+from tiling.formats.base import Sink, SinkRequest, Source
 
 __all__ = [
     "PLAN_THREADS",
@@ -70,7 +69,8 @@ class ScenePlan:
         dtype: the dtype the model input is read in (after intensity windowing).
         normalization: per-channel mean and std the model input is normalised with.
         block: the sink's output block (what the stitcher finishes at a time).
-        journal: record finished blocks beside the output, so a killed run resumes inside the scene.
+        journal: record finished blocks beside the output, in a journal tied to this plan, so a killed
+            run resumes inside the scene; None for no journal.
         resume: what a killed run left of this scene (its journal and the tiles still to run), or None.
         into_source: the mask goes inside this scene's own source (a label image in an OME-Zarr
             image's ``labels`` group); the one output allowed inside an input.
@@ -92,7 +92,7 @@ class ScenePlan:
     normalization: Normalization
     dtype: str = "float32"
     block: tuple[int, ...] = ()
-    journal: bool = False
+    journal: JournalPlan | None = None
     resume: Resume | None = None
     into_source: bool = False
     products: tuple[Path, ...] = ()
@@ -174,21 +174,25 @@ def plan_scene(
 
 
 def plan_each(
-    items: Sequence[T], plan: Callable[[T], ScenePlan], threads: int = PLAN_THREADS
+    items: Sequence[T],
+    plan: Callable[[T], ScenePlan],
+    threads: int = PLAN_THREADS,
+    catch: tuple[type[Exception], ...] = USER_ERRORS,
 ) -> Iterator[tuple[T, ScenePlan | Exception]]:
     """``(item, plan(item))`` for every item, in their order, planned ``threads`` at a time.
 
     An archive's first tile no longer waits for its scenes to be opened one
-    after another. A user error (:data:`~pipeline.errors.USER_ERRORS`) is
-    yielded in the plan's place, so the caller records it and goes on;
-    any other error (a bug) propagates, and the scenes not yet planned are
-    dropped.
+    after another. An error of ``catch`` (user errors,
+    :data:`~pipeline.errors.USER_ERRORS`, unless told) is yielded in the
+    plan's place, so the caller records it and goes on; any other error
+    propagates, and the scenes not yet planned are dropped. A batch catches
+    every ``Exception``: a bug planning one scene fails that scene alone.
     """
 
     def attempt(item: T) -> ScenePlan | Exception:
         try:
             return plan(item)
-        except USER_ERRORS as e:
+        except catch as e:
             return e
 
     if len(items) <= 1 or threads <= 1:
@@ -265,24 +269,17 @@ def check_outputs(plans: Sequence[ScenePlan], overwrite: bool) -> None:
 
 
 def remove_stale_temp_files(outputs: Iterable[Path]) -> int:
-    """Remove what killed runs on this host left beside ``outputs``; returns how many were removed.
+    """Remove what killed runs left beside ``outputs`` (nobody holds their lock); returns how many were removed.
 
-    Only tilewise's own temporary names whose process is gone are touched
-    (see :func:`tiling.formats.base.stale_temp_files`).
+    Only tilewise's own temporary names are touched, never a link (see
+    :func:`tiling.formats.base.stale_temp_files`); lock files are not counted.
     """
     removed = 0
     for out in outputs:
-        for leftover in stale_temp_files(out):
-            try:
-                if leftover.is_dir() and not leftover.is_symlink():
-                    shutil.rmtree(leftover)
-                else:
-                    leftover.unlink()
-            except OSError as e:  # pragma: no cover - a leftover someone else is removing
-                log.warning("could not remove %s: %s", leftover, e)
-                continue
-            log.info("removed %s, left by a run that was killed", leftover)
-            removed += 1
+        for leftover in staging.remove_stale(out.parent, f".{out.name}."):
+            if not leftover.name.endswith(staging.LOCK_SUFFIX):
+                log.info("removed %s, left by a run that was killed", leftover)
+                removed += 1
     return removed
 
 

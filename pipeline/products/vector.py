@@ -53,6 +53,7 @@ from rasterio.io import DatasetReader
 from tqdm.auto import tqdm
 
 from pipeline.products.files import MARK_KEY, check_product_path
+from tiling.core import staging
 from tiling.core.labels import LABEL_NODATA, RGB, class_color
 from tiling.errors import ConfigError, SinkError
 from tiling.formats.base import temp_name
@@ -297,7 +298,8 @@ def polygonize(
         raise SinkError(f"{out}: cannot write output, folder {out.parent} does not exist")
     check_product_path(out, overwrite)
     layer = layer or mask.name.split(".")[0]
-    tmp = temp_name(out, ".part.gpkg")  # a killed run's leftover is found and removed by the next run
+    staging.remove_stale(out.parent, f".{out.name}.")  # what a killed run left
+    tmp = temp_name(out, ".part.gpkg")
     try:
         with rasterio.open(mask) as ds, rasterio.open(probs) if probs else _Nothing() as pds:
             writer = _LayerWriter(tmp, layer, ds.crs.to_wkt() if ds.crs else None)
@@ -309,6 +311,8 @@ def polygonize(
         for leftover in tmp.parent.glob(f"{tmp.name}*"):  # with SQLite's -journal or -wal beside it
             leftover.unlink(missing_ok=True)
         raise
+    finally:
+        staging.release(tmp)
     result = VectorResult(out, layer, writer.written, time.perf_counter() - t0, peak)
     log.info("%s: %d polygons in %.1f s", out, result.features, result.seconds)
     return result

@@ -17,10 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import re
 import shutil
-import socket
 import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from tiling.core import staging
 from tiling.core.blend import BlendMode, tile_weights
 from tiling.core.grid import TileGrid
 from tiling.core.labels import LABEL_NODATA
@@ -50,34 +48,15 @@ log = logging.getLogger(__name__)
 
 #: Default cap on accumulator memory before spilling to disk.
 DEFAULT_MAX_OPEN_BYTES = 128 * 2**20
-#: Spill folders are ``<tmp>/tilewise-spill-<host>-<pid>-<random>``.
+#: Spill folders are ``<tmp>/tilewise-spill-<host>-<pid>-<random>``, claimed like every temporary
+#: (:mod:`tiling.core.staging`).
 SPILL_PREFIX = "tilewise-spill-"
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
 def remove_stale_spill_dirs(tmp: str | Path | None = None) -> list[Path]:
-    """Remove spill folders that killed runs on this host left in the temp dir; returns them.
-
-    A folder counts as stale only if its name is this module's pattern and
-    the process named in it is gone.
-    """
-    pattern = re.compile(rf"^{SPILL_PREFIX}{re.escape(_HOST)}-(\d+)-")
-    removed = []
+    """Remove the spill folders that killed runs left in the temp dir (nobody holds their lock); returns them."""
     folder = Path(tmp or tempfile.gettempdir())
-    for entry in folder.glob(f"{SPILL_PREFIX}*"):
-        m = pattern.match(entry.name)
-        if m is None or int(m.group(1)) == os.getpid() or not entry.is_dir():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
+    return [p for p in staging.remove_stale(folder, SPILL_PREFIX) if not p.name.endswith(staging.LOCK_SUFFIX)]
 
 
 class BlockWriter(Protocol):
@@ -281,7 +260,9 @@ class Stitcher:
             key, acc = self._open.popitem(last=False)
             if self._spill_dir is None:
                 remove_stale_spill_dirs()
-                self._spill_dir = Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{_HOST}-{os.getpid()}-"))
+                spill = staging.temp_path(Path(tempfile.gettempdir()), SPILL_PREFIX, "")
+                spill.mkdir(mode=0o700)
+                self._spill_dir = spill
                 log.info("stitch accumulators exceed %d bytes; spilling to %s", self.max_open_bytes, self._spill_dir)
             np.save(self._spill_path(key), acc)
             self._spilled.add(key)
@@ -314,6 +295,7 @@ class Stitcher:
         self._spilled.clear()
         if self._spill_dir is not None:
             shutil.rmtree(self._spill_dir, ignore_errors=True)
+            staging.release(self._spill_dir)
             self._spill_dir = None
 
     def close(self) -> None:
@@ -324,6 +306,7 @@ class Stitcher:
         """
         if self._spill_dir is not None:
             shutil.rmtree(self._spill_dir, ignore_errors=True)
+            staging.release(self._spill_dir)
             self._spill_dir = None
         missing = int((~self._seen).sum())
         if missing:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
-import socket
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from tiling.core import staging
 from tiling.core.qa import Disagreement, TilePlan
 from tiling.core.windows import Window, clip, intersects
 from tiling.errors import (
@@ -328,10 +326,6 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise SinkError(f"{path}: cannot write output, a folder of that name exists")
 
 
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-
-
 def sink_error(path: Path, e: BaseException, doing: str = "writing") -> SinkError:
     """One line for an I/O failure while writing ``path``; a full disk says so and what to do.
 
@@ -361,11 +355,15 @@ def _nearly_full(path: Path) -> bool:
 def temp_name(final: Path, suffix: str) -> Path:
     """A hidden sibling of ``final`` for work in progress: ``.<name>.<host>-<pid>-<random><suffix>``.
 
-    The host and process id in the name let a later run tell the leftovers of
-    a killed run (its process is gone) from the work of a live one
-    (:func:`stale_temp_files`).
+    The name is claimed for this process by a lock beside it
+    (:mod:`tiling.core.staging`), so a later run tells the leftovers of a
+    killed run (nobody holds their lock) from the work of a live one
+    (:func:`stale_temp_files`), on any host and in any container. Release
+    the claim with :func:`tiling.core.staging.release` once the temporary
+    is published or removed; a :class:`Sink` releases its own when it is
+    finalised or aborted, :class:`StagedFiles` when published or removed.
     """
-    return final.with_name(f".{final.name}.{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    return staging.temp_path(final.parent, f".{final.name}.", suffix)
 
 
 class StagedFiles:
@@ -388,42 +386,29 @@ class StagedFiles:
 
     def publish(self) -> tuple[Path, ...]:
         """Move every file into place; returns their final paths."""
-        for final, tmp in self._tmp.items():
-            os.replace(tmp, final)
+        try:
+            for final, tmp in self._tmp.items():
+                os.replace(tmp, final)
+        finally:
+            staging.release(*self._tmp.values())
         return tuple(self._tmp)
 
     def remove(self) -> None:
         """Delete the temporary files (the final names are never touched)."""
         for tmp in self._tmp.values():
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        staging.release(*self._tmp.values())
 
 
 def stale_temp_files(final: Path) -> list[Path]:
-    """The temporary files and folders of ``final`` left by runs on this host whose process is gone.
+    """The temporary files and folders of ``final`` that no live run holds: what killed runs left.
 
-    Only names made by :func:`temp_name` match, so nothing a user made is
-    ever listed.
+    Only names made by :func:`temp_name` match, and never a symbolic link,
+    so nothing a user made is ever listed; the lock files of the leftovers
+    come last. See :mod:`tiling.core.staging` for how a leftover is told
+    from live work.
     """
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{re.escape(_host())}-(\d+)-[0-9a-f]{{8}}\.")
-    stale: list[Path] = []
-    parent = final.parent
-    if not parent.is_dir():
-        return stale
-    for entry in parent.iterdir():
-        m = pattern.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            stale.append(entry)
-    return sorted(stale)
+    return staging.stale_entries(final.parent, f".{final.name}.")
 
 
 @dataclass(frozen=True)
@@ -500,6 +485,23 @@ class Sink(ABC):
     #: ``labels`` group, the image's arrays untouched): a run allows that one output inside its input.
     into_source: bool = False
     _closed: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's ``__init__``, ``finalize`` and ``abort`` so that its temporaries are released.
+
+        What a sink names with :func:`temp_name` while it is built, finalised
+        or aborted is its own; those names are released
+        (:func:`tiling.core.staging.release`) when ``finalize`` returns,
+        when ``abort`` returns or raises, and when ``__init__`` raises (a
+        ``finalize`` that raises is followed by ``abort``), so no lock file
+        outlives a sink's work and no format has to remember to do it.
+        """
+        super().__init_subclass__(**kwargs)
+        when = {"__init__": (False, True), "finalize": (True, False), "abort": (True, True)}
+        for name, (on_return, on_error) in when.items():
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "releases_temporaries", False):
+                setattr(cls, name, staging.releasing(method, on_return, on_error))
 
     def record_qa(self, disagreement: Disagreement) -> None:  # noqa: B027 - a hook most sinks ignore
         """Take the disagreement the stitcher measured, before :meth:`finalize` (a no-op by default)."""

@@ -22,6 +22,7 @@ from ray.cluster_utils import Cluster
 from models import Normalization
 from pipeline.batch import run_batch
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, RayConfig, TilingConfig
+from pipeline.infer.journal import count_records
 from tests.support.models import Gate
 
 NORM = Normalization((128.0,) * 3, (64.0,) * 3)
@@ -31,7 +32,7 @@ STORE = 80 * 2**20
 def remove_a_node_mid_run(cluster: Cluster, workers: list, out: Path, gate: Gate) -> None:
     """Once the first output block of s0 is journaled, remove the worker node that holds the model actor."""
     allowed = 0
-    while not any(p.stat().st_size for p in out.glob(".s0_mask.tif.*.journal")):
+    while not any(count_records(p) for p in out.glob(".s0_mask.tif.*.journal")):
         allowed += 1
         gate.allow(allowed)
         gate.wait_until_held(allowed + 1)

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from models import Normalization
-from pipeline.batch import EXIT_OK
+from pipeline.batch import EXIT_OK, EXIT_PARTIAL
 from pipeline.cli import cli
 from tests.conftest import write_scene
 from tests.support.models import pointwise
@@ -102,3 +102,34 @@ def test_an_archive_in_s3_gives_the_masks_of_a_local_run(ray_session, tmp_path, 
 
     again = batch("s3://archive/scenes/", "--out", "s3://masks/run")
     assert again.exit_code == EXIT_OK and "0 segmented, 3 skipped" in again.output, again.output
+
+
+def test_objects_tilewise_did_not_write_are_never_uploaded_over(ray_session, tmp_path, s3) -> None:
+    """The ownership rule of local outputs holds in S3: an object without tilewise's mark fails its scene."""
+    rng = np.random.default_rng(12)
+    for i in range(3):
+        scene = write_scene(tmp_path / f"a{i}.tif", rng.integers(1, 255, (3, 64, 80), np.uint8))
+        s3.upload_file(str(scene), "archive", f"scenes/{scene.name}")
+    s3.put_object(Bucket="masks", Key="run/a0_mask.tif", Body=b"someone's own mask")
+    s3.put_object(Bucket="masks", Key="run/a1_mask.json", Body=b'{"someone": "else"}')  # where a1's STAC Item goes
+    result = batch("s3://archive/scenes/", "--out", "s3://masks/run")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "Traceback" not in result.output
+    report = json.loads(s3.get_object(Bucket="masks", Key="run/.tilewise/runs/latest.json")["Body"].read())
+    status = {s["src"].rsplit("/", 1)[-1]: s for s in report["scenes"]}
+    assert [n for n, s in status.items() if s["status"] == "done"] == ["a2.tif"]
+    for name, key in (("a0.tif", "run/a0_mask.tif"), ("a1.tif", "run/a1_mask.json")):
+        assert f"s3://masks/{key}: exists and was not written by tilewise" in status[name]["error"], status[name]
+    assert s3.get_object(Bucket="masks", Key="run/a0_mask.tif")["Body"].read() == b"someone's own mask"
+    assert s3.get_object(Bucket="masks", Key="run/a1_mask.json")["Body"].read() == b'{"someone": "else"}'
+    assert "run/a1_mask.tif" not in {o["Key"] for o in s3.list_objects_v2(Bucket="masks")["Contents"]}
+    head = s3.head_object(Bucket="masks", Key="run/a2_mask.tif")
+    assert head["Metadata"] == {"written-by": "tilewise"}, "what tilewise uploads carries its mark"
+
+    # a changed scene is redone over the objects tilewise wrote itself
+    changed = write_scene(tmp_path / "a2.tif", rng.integers(1, 255, (3, 64, 80), np.uint8))
+    s3.upload_file(str(changed), "archive", "scenes/a2.tif")
+    s3.delete_object(Bucket="masks", Key="run/a0_mask.tif")
+    s3.delete_object(Bucket="masks", Key="run/a1_mask.json")
+    again = batch("s3://archive/scenes/", "--out", "s3://masks/run")
+    assert again.exit_code == EXIT_OK and "3 segmented" in again.output, again.output

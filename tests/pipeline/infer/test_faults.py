@@ -24,7 +24,6 @@ from pipeline.infer import infer_scene
 from pipeline.infer.engine import WorkerDiedError
 from tests.conftest import write_scene
 from tests.support.models import Gate, KillsItsProcess, marker_path, pointwise
-from tiling.core.stitch import SPILL_PREFIX, remove_stale_spill_dirs
 from tiling.errors import SinkError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -229,14 +228,3 @@ def run_cli(*args: object):
     from pipeline.cli import cli as tilewise
 
     return CliRunner().invoke(tilewise, [*map(str, args), "--no-progress"], catch_exceptions=False)
-
-
-def test_stale_spill_folders_of_dead_processes_are_removed(tmp_path) -> None:
-    host = __import__("tiling.core.stitch", fromlist=["_HOST"])._HOST
-    dead = tmp_path / f"{SPILL_PREFIX}{host}-999999-abc"
-    alive = tmp_path / f"{SPILL_PREFIX}{host}-{os.getpid()}-abc"
-    foreign = tmp_path / f"{SPILL_PREFIX}otherhost-999999-abc"
-    for d in (dead, alive, foreign):
-        d.mkdir()
-    assert remove_stale_spill_dirs(tmp_path) == [dead]
-    assert not dead.exists() and alive.exists() and foreign.exists()

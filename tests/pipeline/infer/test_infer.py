@@ -16,7 +16,7 @@ from models import Normalization, Predictor
 from pipeline.config import InferenceConfig, ModelConfig, PipelineConfig, TilingConfig
 from pipeline.infer import infer_scene
 from pipeline.infer.engine import run_plans
-from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, adopt_journal
+from pipeline.infer.journal import JOURNAL_SUFFIX, BlockJournal, JournalPlan, adopt_journal
 from pipeline.infer.plan import plan_scene
 from tests.conftest import write_scene
 from tests.support.models import Slow
@@ -124,17 +124,18 @@ def test_a_scene_whose_journal_holds_every_block_is_published_from_it(ray_sessio
     plan = plan_scene(0, src, out, cfg, NORM, pixel_model())
     gone = subprocess.Popen(["true"])  # the killed run: a process of this host that no longer exists
     gone.wait()
+    tied = JournalPlan.of(plan.grid, plan.block, 3, save_probs=True, context={})
     mine = temp_name(out, JOURNAL_SUFFIX)
-    journal = BlockJournal(mine.with_name(re.sub(rf"-{os.getpid()}-", f"-{gone.pid}-", mine.name)))
+    journal = BlockJournal(mine.with_name(re.sub(rf"-{os.getpid()}-", f"-{gone.pid}-", mine.name)), tied)
     rows, cols = plan.grid.shape
     for r in range(0, rows, plan.block[0]):
         for c in range(0, cols, plan.block[1]):
             shape = (min(plan.block[0], rows - r), min(plan.block[1], cols - c))
             journal.append(Window((r, c), shape), np.full(shape, 1, np.uint8), np.full((3, *shape), 0.5, np.float32))
     journal.close()
-    resume = adopt_journal(out, plan.grid, plan.block)
+    resume = adopt_journal(out, tied)
     assert resume is not None and len(resume.todo) == 0
-    (result,) = run_plans([replace(plan, journal=True, resume=resume)], cfg, progress=False).values()
+    (result,) = run_plans([replace(plan, journal=tied, resume=resume)], cfg, progress=False).values()
     assert result.model_seconds == 0.0 and result.tiles == 9, result
     with rasterio.open(out) as ds:
         assert (ds.read(1) == 1).all()
