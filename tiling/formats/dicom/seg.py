@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from pydicom.sr.coding import Code
 from tiling.core.labels import LABEL_NODATA, class_color
 from tiling.core.windows import Window
 from tiling.errors import ConfigError, SinkError
-from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable
+from tiling.formats.base import ModelProvenance, Sink, SinkRequest, Source, check_writable, temp_name
 from tiling.formats.dicom import DEFAULT_SEG_CREATOR, DicomSegOptions, SegType, person_name
 from tiling.formats.dicom.codes import load_segment_codes
 from tiling.formats.dicom.codes import segment_codes as codes_per_class
@@ -193,12 +192,14 @@ class DicomSegSink(Sink):
         self._lut = segment_numbers(len(self.class_names), background_class)
         self._codes = codes_per_class(self.class_names, self.segment_codes)
         check_writable(self.path)
-        tag = uuid.uuid4().hex[:8]
-        self._mm_path = self.path.with_name(f".{self.path.name}.{tag}.labels.u8")
-        self._probs_mm_path = self.path.with_name(f".{self.path.name}.{tag}.probs.u8")
-        self._tmp = self.path.with_name(f".{self.path.name}.{tag}.part.dcm")
+        # one claimed temporary name (tiling.core.staging): its siblings share the lock, so a killed
+        # run's buffers are found stale and removed by the next run, on any host
+        self._tmp = temp_name(self.path, ".part.dcm")
+        stem = self._tmp.name.removesuffix(".part.dcm")
+        self._mm_path = self._tmp.with_name(f"{stem}.labels.u8")
+        self._probs_mm_path = self._tmp.with_name(f"{stem}.probs.u8")
         self.probs = probs_path_for(self.path) if save_probs else None
-        self._probs_tmp = self.path.with_name(f".{self.path.name}.{tag}.probs.part.dcm")
+        self._probs_tmp = self._tmp.with_name(f"{stem}.probs.part.dcm")
         self._closed = False
         self._probs: np.memmap | None = None
         self._labels: np.memmap | None = None

@@ -155,7 +155,8 @@ def test_output_appears_only_at_finalize_and_abort_cleans_up(tmp_path: Path) -> 
     src = DicomSeriesSource(CT5N)
     sink = DicomSegSink(tmp_path / "x.dcm", src.reference, CLASSES)
     sink.write(Window((0, 0, 0), (1, 16, 16)), np.zeros((1, 16, 16), np.uint8))
-    assert not (tmp_path / "x.dcm").exists() and len(list(tmp_path.iterdir())) == 1  # the label buffer
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not (tmp_path / "x.dcm").exists() and len(left) == 2, left  # the label buffer and its lock
     sink.abort()
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(SinkFinalizedError):
@@ -197,3 +198,18 @@ def test_segment_numbers_are_consecutive(classes: int, background: int | None) -
 def test_too_many_classes() -> None:
     with pytest.raises(ConfigError, match="1 to 254"):
         segment_numbers(255)
+
+
+def test_a_killed_runs_buffers_are_found_stale_and_removed(tmp_path: Path) -> None:
+    """The SEG's buffers are named like every temporary (tiling.core.staging): once nobody holds
+    their lock (the process died), the next run removes them."""
+    from pipeline.infer.plan import remove_stale_temp_files
+    from tiling.core import staging
+
+    src = DicomSeriesSource(CT5N)
+    out = tmp_path / "x.dcm"
+    sink = DicomSegSink(out, src.reference, CLASSES, save_probs=True)
+    assert remove_stale_temp_files([out]) == 0, "a live sink's buffers are never removed"
+    staging.release(sink._tmp)  # what the process's death does to its lock
+    assert remove_stale_temp_files([out]) >= 2  # the label and probability buffers
+    assert list(tmp_path.iterdir()) == []
