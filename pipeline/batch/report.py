@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.batch.state import STATE_DIR, Status
-from tiling.core import staging
-from tiling.formats.base import temp_name
+from tiling.formats.base import staged_file
 
 __all__ = ["EXIT_NO_SCENES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_RUN_FAILED", "BatchReport", "SceneReport"]
 
@@ -123,10 +122,5 @@ class BatchReport:
 
 def _write_atomically(final: Path, text: str) -> None:
     """Write ``text`` under a temporary name, then rename it to ``final``; no temporary is left."""
-    tmp = temp_name(final, final.suffix)
-    try:
+    with staged_file(final) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-        staging.release(tmp)

@@ -32,7 +32,7 @@ import torch
 from pipeline.batch.storage import S3, is_url
 from pipeline.config import PipelineConfig
 from tiling.core import staging
-from tiling.formats.base import temp_name
+from tiling.formats.base import staged_file
 
 __all__ = [
     "STATE_DIR",
@@ -266,10 +266,5 @@ def write_record(path: Path, record: SceneRecord) -> None:
     """Write ``record`` at ``path`` atomically (temporary name, then rename), removing a killed run's leftovers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging.remove_stale(path.parent, f".{path.name}.")
-    tmp = temp_name(path, ".json")
-    try:
+    with staged_file(path, ".json") as tmp:
         tmp.write_text(json.dumps(asdict(record), indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        staging.release(tmp)

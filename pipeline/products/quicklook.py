@@ -21,7 +21,6 @@ complete (written under a temporary name, then renamed).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from tiling.core.labels import LABEL_NODATA, RGB, class_color
 from tiling.core.windows import Window
 from tiling.errors import ConfigError
 from tiling.formats import open_source
-from tiling.formats.base import Source, temp_name
+from tiling.formats.base import Source, staged_file
 from tiling.formats.reference import VolumeGeometry
 from tiling.version import mark
 
@@ -118,12 +117,8 @@ def _save(image: Image.Image, out: Path) -> None:
     """Write the PNG with tilewise's mark under a temporary name, then rename it into place."""
     info = PngInfo()
     info.add_text("Software", mark())
-    tmp = temp_name(out, ".part.png")
-    try:
+    with staged_file(out, ".part.png") as tmp:
         image.save(tmp, format="PNG", pnginfo=info)  # optimize=True costs ~10 s per megapixel
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _lut(mask: Path, given: Sequence[RGB] | None) -> np.ndarray:

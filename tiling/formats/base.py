@@ -14,7 +14,8 @@ import math
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -59,6 +60,7 @@ __all__ = [
     "real_float32",
     "sink_error",
     "stale_temp_files",
+    "staged_file",
     "temp_name",
 ]
 
@@ -364,6 +366,23 @@ def temp_name(final: Path, suffix: str) -> Path:
     finalised or aborted, :class:`StagedFiles` when published or removed.
     """
     return staging.temp_path(final.parent, f".{final.name}.", suffix)
+
+
+@contextmanager
+def staged_file(final: Path, suffix: str | None = None) -> Iterator[Path]:
+    """A claimed temporary sibling of ``final`` (:func:`temp_name`) to write whole, renamed onto ``final``
+    when the block ends without an error.
+
+    Whatever happens the temporary is gone and its claim released afterwards, so a
+    replaced file (a STAC Item, a state record, a PNG) never leaves a lock behind.
+    """
+    tmp = temp_name(final, final.suffix if suffix is None else suffix)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        staging.release(tmp)
 
 
 class StagedFiles:

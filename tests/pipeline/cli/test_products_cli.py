@@ -25,6 +25,7 @@ from tests.conftest import SHARED, digest, write_scene
 from tests.support.cli import one_error, run
 from tests.support.goes import small_goes
 from tests.support.models import pointwise
+from tiling.core import staging
 from tiling.core.labels import class_color, hex_color
 from tiling.formats.base import temp_name
 
@@ -269,8 +270,9 @@ def test_overwrite_replaces_the_products_tilewise_wrote_and_a_killed_runs_leftov
     args = ("infer", src, "--out", out, "--tile", 64, "--vector", gpkg, "--quicklook", "--no-progress")
     assert run(*args, obj={"model": pointwise()}).exit_code == 0
     # what a run killed while writing the polygons leaves: a temporary GeoPackage of a process that is gone
-    leftover = temp_name(gpkg, ".part.gpkg")
-    leftover = leftover.with_name(leftover.name.replace(f"-{os.getpid()}-", "-999999-"))
+    named = temp_name(gpkg, ".part.gpkg")
+    staging.release(named)  # this process does not keep the name: its lock goes
+    leftover = named.with_name(named.name.replace(f"-{os.getpid()}-", "-999999-"))
     leftover.write_bytes(b"half a GeoPackage")
     first = {p: digest(p) for p in (gpkg, tmp_path / "m.quicklook.png")}
     assert one_error(run(*args, obj={"model": pointwise()})).endswith("exists; pass --overwrite to replace it")

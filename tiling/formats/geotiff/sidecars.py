@@ -46,7 +46,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
 from tiling.core.labels import LABEL_NODATA, RGB, class_color, hex_color
-from tiling.formats.base import ModelProvenance, StagedFiles, temp_name
+from tiling.formats.base import ModelProvenance, StagedFiles, staged_file
 from tiling.formats.geotiff.footprint import footprint
 
 __all__ = [
@@ -283,12 +283,8 @@ def add_assets(item: Path, assets: dict[str, Path]) -> None:
         raise ValueError(f"{item} is not a STAC Item tilewise wrote")
     for key, path in assets.items():
         d.setdefault("assets", {})[key] = _asset(key, path, item.parent)
-    tmp = temp_name(item, ".part")
-    try:
+    with staged_file(item, ".part") as tmp:
         tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, item)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Sidecars(StagedFiles):

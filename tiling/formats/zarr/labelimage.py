@@ -41,10 +41,11 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from tiling.core import staging
 from tiling.core.labels import LABEL_NODATA, RGB
 from tiling.core.windows import Window, clip, plan_windows
 from tiling.errors import ConfigError, SinkError
-from tiling.formats.base import Sink, SinkRequest, Source, sink_error, temp_name
+from tiling.formats.base import Sink, SinkRequest, Source, sink_error, staged_file, temp_name
 from tiling.formats.zarr import FORMAT
 from tiling.formats.zarr.reader import ZarrSource, axis_roles, compose_transforms, read_multiscales
 from tiling.formats.zarr.writer import OME_VERSION, hex_colors, label_colors, publish
@@ -172,12 +173,8 @@ def _read_json(path: Path) -> Any:
 
 def _write_json(path: Path, value: Any) -> None:
     """Replace ``path`` whole: write a temporary sibling, then rename it."""
-    tmp = temp_name(path, ".part")
-    try:
+    with staged_file(path, ".part") as tmp:
         tmp.write_text(json.dumps(value, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -499,6 +496,7 @@ class LabelImageSink(Sink):
         """Remove the temporary store, and ``labels/`` if this sink made it and it is empty."""
         self._closed = True
         shutil.rmtree(self.tmp, ignore_errors=True)
+        staging.release(self.tmp)  # its lock file goes too, or the folder would not be empty
         if self._made_folder and not self.path.exists():
             try:
                 self.path.parent.rmdir()

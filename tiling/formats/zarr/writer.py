@@ -18,6 +18,7 @@ import numcodecs
 import numpy as np
 import zarr
 
+from tiling.core import staging
 from tiling.core.labels import LABEL_NODATA, RGB, colormap, default_colormap
 from tiling.core.windows import Window, clip, plan_windows
 from tiling.errors import ConfigError, SinkError
@@ -293,3 +294,4 @@ def publish(tmp: Path, final: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+        staging.release(old)
