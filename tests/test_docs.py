@@ -47,7 +47,7 @@ def public_names() -> list[tuple[str, str, str]]:
         modules = [loader.modules_collection[package]]
         while modules:
             module = modules.pop()
-            modules.extend(module.modules.values())
+            modules.extend(m for m in module.modules.values() if not m.is_alias)  # not a module it imports
             for name in map(str, module.exports or ()):
                 member = module.members[name]
                 home = member.final_target.path if isinstance(member, griffe.Alias) else member.path
