@@ -152,6 +152,18 @@ def test_the_run_files_are_tilewises_and_config_yaml_repeats_the_run(stopped, sc
     assert load_checkpoint(stopped / "checkpoint.pt")["extra"]["run"]["tile"] == 16
 
 
+def test_a_diverged_loss_ends_the_run_keeping_the_last_finished_epoch(ray_session, tmp_path, scene) -> None:
+    """A finite but absurd rate (with --force) sends the weights to inf after one step: epoch 2's loss is NaN."""
+    out = tmp_path / "run"
+    cfg = _config(scene, out)
+    cfg = TrainConfig(data=cfg.data, model=cfg.model, optim=replace(cfg.optim, lr=1e30), run=cfg.run)
+    with pytest.raises(ConfigError, match=r"training diverged: the training loss of epoch 2 is (nan|inf); lower --lr"):
+        train(cfg, progress=False, model_fn=tiny_net)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    weights = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values()), "no NaN model is exported"
+
+
 def test_an_s3_out_is_one_line(tmp_path, scene) -> None:
     line = one_error(invoke("--image", scene[0], "--labels", scene[1], "--out", "s3://bucket/run", *TINY))
     assert "out: s3://bucket/run: a run writes its checkpoints to a folder on a file system" in line
