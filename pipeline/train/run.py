@@ -43,7 +43,7 @@ from pipeline.train.data import (
     val_rows,
 )
 from pipeline.train.loop import LoopConfig, steps_per_epoch, train_loop
-from pipeline.train.outputs import RUN_FILES, check_out, config_text, is_url, remove_temp_files
+from pipeline.train.outputs import check_out, config_text, is_url, remove_temp_files
 from tiling.core import Window, window_bounds
 from tiling.errors import ConfigError
 
@@ -227,25 +227,8 @@ def train(
     ensure_ray(cfg.run.address, cfg.run.num_cpus)
     resources, read_cpus, threads = _resources(cfg)
     rows = first + [r for e in range(start_epoch + 1, stop) for r in epoch_rows(the_plan, scenes, d, e, cfg.run.seed, per_step)]  # fmt: skip
-    window = None if d.window is None else window_bounds(d.window)
-    read_kwargs = dict(
-        scenes=scenes, tile=d.tile, normalization=norm, ignore_index=d.ignore_index,
-        augment_preset=cfg.run.augment, augment_custom=list(cfg.run.augment_custom), window=window,
-    )  # fmt: skip
-    reader: Any = read_batch  # Ray's stubs expect a one-argument UDF; the rest come as fn_kwargs
-    train_ds = ray.data.from_items(rows).map_batches(
-        reader, fn_kwargs=read_kwargs, batch_size=o.batch_size, num_cpus=read_cpus
-    )  # fmt: skip
-    val_ds = ray.data.from_items(val_rows(the_plan, world)).map_batches(
-        reader, fn_kwargs={**read_kwargs, "augment_preset": "none", "augment_custom": []},
-        batch_size=o.batch_size, num_cpus=read_cpus,
-    )  # fmt: skip
-    export = ExportInfo(
-        backbone=str(m.backbone.value if hasattr(m.backbone, "value") else m.backbone) if model_fn is None else "custom",
-        classes=d.classes, class_names=tuple(d.names), in_channels=scenes[0].channels, mean=norm.mean, std=norm.std,
-        bands=d.bands, label_map=parse_label_map(d.label_map, d.ignore_index), ignore_index=d.ignore_index,
-        tile=d.tile, extra={"window": d.window},
-    )  # fmt: skip
+    train_ds, val_ds = _datasets(cfg, the_plan, scenes, norm, rows, read_cpus)
+    export = _export_info(cfg, scenes[0].channels, norm, custom=model_fn is not None)
     queue = _queue() if progress else None
     loop = LoopConfig(
         out=str(out), backbone=str(m.backbone.value if hasattr(m.backbone, "value") else m.backbone),
@@ -286,6 +269,38 @@ def train(
     )  # fmt: skip
 
 
+def _datasets(
+    cfg: TrainConfig, the_plan: Any, scenes: list[Any], norm: Any, rows: list[dict[str, Any]], read_cpus: float
+) -> tuple[Any, Any]:
+    """The training and validation tile streams: Ray Data read tasks running :func:`read_batch`."""
+    d, batch = cfg.data, cfg.optim.batch_size
+    read_kwargs = dict(
+        scenes=scenes, tile=d.tile, normalization=norm, ignore_index=d.ignore_index,
+        augment_preset=cfg.run.augment, augment_custom=list(cfg.run.augment_custom),
+        window=None if d.window is None else window_bounds(d.window),
+    )  # fmt: skip
+    reader: Any = read_batch  # Ray's stubs expect a one-argument UDF; the rest come as fn_kwargs
+    train_ds = ray.data.from_items(rows).map_batches(
+        reader, fn_kwargs=read_kwargs, batch_size=batch, num_cpus=read_cpus
+    )
+    val_ds = ray.data.from_items(val_rows(the_plan, cfg.run.num_workers)).map_batches(
+        reader, fn_kwargs={**read_kwargs, "augment_preset": "none", "augment_custom": []},
+        batch_size=batch, num_cpus=read_cpus,
+    )  # fmt: skip
+    return train_ds, val_ds
+
+
+def _export_info(cfg: TrainConfig, channels: int, norm: Any, custom: bool) -> ExportInfo:
+    """What ``model.pt`` records for inference: classes, bands, normalisation, label map, tile."""
+    d, m = cfg.data, cfg.model
+    return ExportInfo(
+        backbone="custom" if custom else str(getattr(m.backbone, "value", m.backbone)),
+        classes=d.classes, class_names=tuple(d.names), in_channels=channels, mean=norm.mean, std=norm.std,
+        bands=d.bands, label_map=parse_label_map(d.label_map, d.ignore_index), ignore_index=d.ignore_index,
+        tile=d.tile, extra={"window": d.window},
+    )  # fmt: skip
+
+
 def _clean_up(out: Path, created: bool, ray_run: str, stopped: bool) -> None:
     """Leave no temporary file after a failed or stopped run, nor Ray's records of it, nor a folder it made
     and wrote nothing to.
@@ -296,8 +311,8 @@ def _clean_up(out: Path, created: bool, ray_run: str, stopped: bool) -> None:
     if stopped:
         shutdown_ray()
     remove_temp_files(out)
-    if any((out / name).exists() for name in RUN_FILES) and (out / "checkpoint.pt").exists():
-        return  # an epoch finished: the run can be resumed, and Ray's records stay with it
+    if (out / "checkpoint.pt").exists():
+        return  # an epoch finished (now or before a resume): the run goes on from it, Ray's records stay
     storage = out / RAY_STORAGE
     shutil.rmtree(storage / ray_run, ignore_errors=True)
     if storage.is_dir() and not any(storage.iterdir()):
