@@ -4,11 +4,17 @@ The scene is tiled, predicted, blended and stitched by
 :func:`pipeline.infer.infer_scene` exactly as ``tilewise infer`` does; the
 written mask is then read back window by window next to the labels and
 counted into one confusion matrix. Nodata and ignored labels never count.
+
+What a run writes (the kept mask, the scores as JSON) is checked before any
+work: never over an input, never into a missing folder, never over a file
+tilewise did not write.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -23,10 +29,12 @@ from pipeline.infer import infer_scene
 from pipeline.train.config import DataConfig
 from pipeline.train.data import _open_scene
 from tiling.core import Window, plan_windows
-from tiling.errors import ConfigError
+from tiling.errors import ConfigError, SinkError
 from tiling.formats import open_source
+from tiling.formats.base import check_writable, sink_error, temp_name
+from tiling.version import mark
 
-__all__ = ["evaluate_scene", "score_mask"]
+__all__ = ["check_outputs", "evaluate_scene", "score_mask", "write_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +106,13 @@ def evaluate_scene(
     Raises:
         TilingError, ModelError: for bad input.
     """
+    check_outputs({"--mask": mask}, {"image": image, "labels": labels, "weights": weights})
     info = read_export(weights)
     if info is None:
         raise ConfigError(f"{weights}: has no training metadata; evaluate takes a model.pt that tilewise train wrote")
     cfg = config or PipelineConfig()
-    cfg = replace(cfg, model=replace(cfg.model if cfg.model else ModelConfig(), weights=str(weights)))
+    # a mask kept here replaces only a mask tilewise wrote (the inference's own check), like the scores
+    cfg = replace(cfg, model=replace(cfg.model if cfg.model else ModelConfig(), weights=str(weights)), overwrite=True)
     if data is None:
         data = DataConfig(
             image=(str(image),), labels=(str(labels),), classes=info.classes, class_names=tuple(info.class_names),
@@ -118,3 +128,67 @@ def evaluate_scene(
     summary["mask"] = str(result.mask) if mask is not None else None
     summary["tiles_per_second"] = round(result.tiles_per_second, 3)
     return summary
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file or folder (through links, or as one name)."""
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _is_scores(path: Path) -> bool:
+    """Whether ``path`` is a scores file tilewise wrote (its ``tilewise`` key)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("tilewise", "")).startswith("tilewise")
+
+
+def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path]) -> None:
+    """Refuse, before any work, an output that is an input, that has no folder, or that tilewise did not write.
+
+    Args:
+        outputs: by flag (``--json``, ``--mask``), the paths to write (None: not asked for).
+        inputs: by role (image, labels, weights), the paths read.
+
+    Raises:
+        ConfigError: if an output is an input, or two outputs are one path.
+        SinkError: if an output's folder is missing, or a scores file exists that tilewise did not write
+            (masks are checked likewise by the inference's planning).
+    """
+    given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
+    for flag, path in given.items():
+        for role, source in inputs.items():
+            if _same(path, Path(source)):
+                raise ConfigError(f"{path}: {flag} is the {role} this run reads; choose another path for {flag}")
+        for other, path2 in given.items():
+            if other != flag and _same(path, path2):
+                raise ConfigError(f"{path}: {flag} and {other} name the same file; give them different paths")
+        check_writable(path, folder=path.suffix.lower() == ".zarr")
+        if flag == "--json" and (path.exists() or path.is_symlink()) and (path.is_symlink() or not _is_scores(path)):
+            raise SinkError(
+                f"{path}: exists and was not written by tilewise, so it is never replaced; move it away or "
+                "choose another --json"
+            )
+
+
+def write_scores(path: str | Path, scores: dict[str, Any]) -> Path:
+    """Write the scores as JSON with tilewise's mark, under a temporary name renamed into place.
+
+    Raises:
+        SinkError: if the file cannot be written (no temporary file is left).
+    """
+    path = Path(path)
+    tmp = temp_name(path, ".tmp")
+    try:
+        tmp.write_text(json.dumps({"tilewise": mark(), **scores}, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise sink_error(path, e) from e
+    return path

@@ -16,8 +16,16 @@ from models.train.augment import Preset, augment, build_augmentation
 
 if TYPE_CHECKING:
     from models.spec import IGNORE_INDEX
-    from models.train.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state, unwrap
-    from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export
+    from models.train.checkpoint import (
+        get_rng_state,
+        load_checkpoint,
+        save_atomically,
+        save_checkpoint,
+        set_rng_state,
+        temp_path,
+        unwrap,
+    )
+    from models.train.export import EXPORT_KEY, ExportInfo, export_model, read_export, written_by_tilewise
     from models.train.losses import segmentation_loss
     from models.train.metrics import ConfusionMatrix
     from models.train.step import (
@@ -49,11 +57,14 @@ __all__ = [
     "out_of_memory",
     "read_export",
     "recalibrate_batchnorm",
+    "save_atomically",
     "save_checkpoint",
     "segmentation_loss",
     "set_rng_state",
+    "temp_path",
     "train_step",
     "unwrap",
+    "written_by_tilewise",
 ]
 
 
@@ -65,11 +76,13 @@ if not TYPE_CHECKING:  # mypy sees only the names imported above, so a wrong nam
             "models.train.checkpoint": [
                 "get_rng_state",
                 "load_checkpoint",
+                "save_atomically",
                 "save_checkpoint",
                 "set_rng_state",
+                "temp_path",
                 "unwrap",
             ],
-            "models.train.export": ["EXPORT_KEY", "ExportInfo", "export_model", "read_export"],
+            "models.train.export": ["EXPORT_KEY", "ExportInfo", "export_model", "read_export", "written_by_tilewise"],
             "models.train.losses": ["segmentation_loss"],
             "models.train.metrics": ["ConfusionMatrix"],
             "models.train.step": [

@@ -2,9 +2,11 @@
 
 A checkpoint holds the model, optimizer, LR scheduler and gradient scaler
 states, the epoch it completed, the metrics history and the random number
-generators' states (Python, numpy, torch CPU and CUDA). It is written with
-``torch.save`` under a temporary name and renamed, so a killed run never
-leaves half a checkpoint; it is read back with ``weights_only=True``.
+generators' states (Python, numpy, torch CPU and CUDA), and in ``extra``
+what the run was (its data and model, so a resume with other data is refused).
+It is written with ``torch.save`` under a temporary name and renamed, so a
+killed run never leaves half a checkpoint, and a failed write removes its
+temporary file; it is read back with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,20 @@ from torch import nn
 from models.deeplab import read_torch_file
 from models.errors import WeightsError
 
-__all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state", "unwrap"]
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "get_rng_state",
+    "is_checkpoint",
+    "load_checkpoint",
+    "save_atomically",
+    "save_checkpoint",
+    "set_rng_state",
+    "temp_path",
+    "unwrap",
+]
+
+#: What every checkpoint holds (and a file must hold to be one).
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "epoch", "rng"})
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -81,10 +96,33 @@ def save_checkpoint(
         "rng": get_rng_state(),
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_atomically(state, path)
     return path
+
+
+def temp_path(path: Path) -> Path:
+    """The hidden name ``path`` is written under before it is renamed into place: ``.<name>.tmp<pid>``."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` under :func:`temp_path`, then rename; a failed write (a full disk) leaves no file behind.
+
+    Raises:
+        OSError, RuntimeError: what the write raised (torch reports a short write as a RuntimeError).
+    """
+    tmp = temp_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is a training checkpoint :func:`save_checkpoint` wrote."""
+    return isinstance(obj, dict) and CHECKPOINT_KEYS <= set(obj)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -95,6 +133,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     state = read_torch_file(path, "checkpoint not found; --resume takes a checkpoint.pt a run wrote", "checkpoint")
-    if not isinstance(state, dict) or not {"model", "optimizer", "epoch", "rng"} <= set(state):
+    if not is_checkpoint(state):
         raise WeightsError(f"{path}: not a tilewise training checkpoint (no optimizer/epoch/rng state)")
     return state

@@ -8,18 +8,17 @@ what the model learned.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from models.deeplab import read_torch_file
-from models.train.checkpoint import unwrap
+from models.errors import WeightsError
+from models.train.checkpoint import is_checkpoint, save_atomically, unwrap
 
-__all__ = ["EXPORT_KEY", "ExportInfo", "export_model", "read_export"]
+__all__ = ["EXPORT_KEY", "ExportInfo", "export_model", "read_export", "written_by_tilewise"]
 
 #: The key under which an export file carries its metadata, next to "model".
 EXPORT_KEY = "tilewise"
@@ -76,10 +75,17 @@ class ExportInfo:
 def export_model(path: str | Path, model: nn.Module, info: ExportInfo) -> Path:
     """Write ``{"model": state_dict, "tilewise": info}`` atomically; returns the path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"model": unwrap(model).state_dict(), EXPORT_KEY: info.to_dict()}, tmp)
-    os.replace(tmp, path)
+    save_atomically({"model": unwrap(model).state_dict(), EXPORT_KEY: info.to_dict()}, path)
     return path
+
+
+def written_by_tilewise(path: str | Path) -> bool:
+    """Whether ``path`` is an export or a training checkpoint tilewise wrote (mapped, not read whole)."""
+    try:
+        obj = read_torch_file(Path(path), mmap=True)
+    except WeightsError:
+        return False
+    return isinstance(obj, dict) and (isinstance(obj.get(EXPORT_KEY), dict) or is_checkpoint(obj))
 
 
 def read_export(path: str | Path) -> ExportInfo | None:

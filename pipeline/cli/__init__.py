@@ -6,6 +6,12 @@ User errors (bad input, bad options, unwritable output) print one line,
 
 from __future__ import annotations
 
+import os
+
+# Ray reads this when it is imported, not when it starts: set later, Ray's C++ failure handler would
+# still catch SIGTERM, print a stack dump and abort (status 134) after tilewise handled the signal.
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
 import click
 
 from pipeline.cli.batch import batch

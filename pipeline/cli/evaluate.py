@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +46,11 @@ def evaluate(
 
     from models.train import read_export
     from pipeline.errors import USER_ERRORS
-    from pipeline.evaluate import evaluate_scene
+    from pipeline.evaluate import check_outputs, evaluate_scene, write_scores
     from pipeline.train.config import DataConfig
 
     try:
+        check_outputs({"--json": json_out, "--mask": mask}, {"image": image, "labels": labels, "weights": weights})
         cfg = build_config(values, _FLAGS)
         data = None
         if label_attribute is not None:
@@ -62,6 +62,8 @@ def evaluate(
                     label_attribute=label_attribute, bands=info.bands,
                 )  # fmt: skip
         scores = evaluate_scene(weights, image, labels, replace(cfg), data, mask, progress=progress)
+        if json_out is not None:
+            write_scores(json_out, scores)
     except USER_ERRORS as e:
         raise click.ClickException(one_line(image, e)) from None
     for name, iou in scores["iou"].items():
@@ -72,5 +74,4 @@ def evaluate(
     if scores["mask"]:
         click.echo(f"mask: {scores['mask']}")
     if json_out is not None:
-        json_out.write_text(json.dumps(scores, indent=2))
         click.echo(f"scores: {json_out}")

@@ -8,6 +8,7 @@ defaults in :mod:`pipeline.train.config`.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,12 @@ from pipeline.train.config import DataConfig, ModelTrainConfig, OptimConfig, Run
 from tiling.errors import ConfigError
 
 __all__ = ["TRAIN_FLAGS", "TRAIN_SECTIONS", "load_train_config", "train"]
+
+#: A number in exponent form without a dot (``5e-5``), which YAML 1.1 reads as text.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+#: How YAML writes "no value": such a key keeps its default.
+_NULLS = ("", "~", "null", "Null", "NULL")
 
 #: The training config tree by the section name a flag uses.
 TRAIN_SECTIONS: Mapping[str | None, type] = {
@@ -51,8 +58,22 @@ def _names(value: Any) -> tuple[str, ...] | None:
     return _texts(value) or None
 
 
+def _scalar(value: Any) -> Any:
+    """A YAML scalar read as text (the config file's loader keeps every scalar text) as its value."""
+    if isinstance(value, list):
+        return [_scalar(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scalar(v) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value) if _FLOAT.fullmatch(value) else yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
 def _transforms(value: Any) -> tuple[dict[str, Any], ...]:
-    items = yaml.safe_load(value) if isinstance(value, str) else value
+    items = yaml.safe_load(value) if isinstance(value, str) else _scalar(value)
     if not items:
         return ()
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
@@ -94,6 +115,13 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--windows", "data", "windows", "Same grid tiles each epoch, or random offsets.", _choice(["grid", "random"])),
     Flag("--samples", "data", "samples", "Tiles per epoch (random or balanced windows).", int),
     Flag("--balanced", "data", "balanced", "Class-balanced tile sampling.", is_flag=True),
+    Flag(
+        "--min-label-share",
+        "data",
+        "min_label_share",
+        "Refuse a label file whose classes but the most common cover less of its pixels (0: off).",
+        float,
+    ),
     Flag("--backbone", "model", "backbone", "DeepLabV3 backbone.", _choice([b.value for b in Backbone])),
     Flag("--init", "model", "init", "Starting weights: coco, imagenet, none, or a checkpoint PATH."),
     Flag("--download", "model", "download", "Download --init weights into torch's cache if missing.", is_flag=True),
@@ -137,31 +165,75 @@ def _key(name: str) -> str:
     return name.lstrip("-").replace("-", "_")
 
 
+def _yaml_value(flag: Flag, value: Any) -> Any:
+    """A value of the YAML file through ``flag``'s own click type, as the same flag on the command line.
+
+    Lists stay lists (the flags that take several values convert them); a
+    scalar is text here and is parsed by the flag's type.
+
+    Raises:
+        click.BadParameter: for a value the flag's type refuses.
+        ConfigError: for a list or mapping where the flag takes one value.
+    """
+    if isinstance(value, (list, dict)):
+        if flag.convert is None or (isinstance(value, dict) and flag.convert is not _transforms):
+            kind = "list" if isinstance(value, list) else "mapping"
+            raise ConfigError(f"expected a single value, got a {kind} {value!r}")
+    elif flag.is_flag:
+        value = click.BOOL.convert(value, None, None)
+    elif flag.type is not None:
+        value = click.types.convert_type(flag.type).convert(value, None, None)
+    if flag.convert is not None:
+        flag.convert(value)  # refused here, naming the key; build_config converts it again
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The file's keys and values, every scalar kept as text (YAML 1.1 would make 5e-5 text and 255:1 a number).
+
+    Raises:
+        ConfigError: for an unreadable file or one that is not key: value pairs.
+    """
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=yaml.BaseLoader) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not a readable YAML file ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected key: value pairs, got {type(data).__name__}")
+    return data
+
+
 def load_train_config(path: Path | None, values: Mapping[str, Any], explicit: set[str]) -> TrainConfig:
     """The config from the YAML file at ``path`` with the flags in ``explicit`` (dests) on top.
 
+    Each YAML value is parsed by its flag's own click type and converter, so a
+    key and its flag accept the same text and mean the same value.
+
     Raises:
-        ConfigError: for an unreadable file, a key that is no flag, or a bad value.
+        ConfigError: for an unreadable file, a key that is no flag, or a bad value (one line naming the key).
     """
     merged = {dest: v for dest, v in values.items() if dest in explicit}
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: not a readable YAML file ({str(e).splitlines()[0]})") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected key: value pairs, got {type(data).__name__}")
         by_key = {_key(f.name): f for f in TRAIN_FLAGS}
-        for key, value in data.items():
+        for key, value in _read_yaml(path).items():
             flag = by_key.get(str(key).replace("-", "_"))
             if flag is None:
                 close = difflib.get_close_matches(str(key), list(by_key), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"{path}: unknown key {key!r}{hint}")
-            if flag.dest not in explicit and value is not None:
-                merged[flag.dest] = value
+            if flag.dest in explicit or value in _NULLS:
+                continue
+            try:
+                merged[flag.dest] = _yaml_value(flag, value)
+            except click.BadParameter as e:
+                raise ConfigError(f"{path}: {key}: {e.message}") from None
+            except ConfigError as e:
+                text = str(e) if str(e).startswith(f"{flag.field}:") else f"{key}: {e}"
+                raise ConfigError(f"{path}: {text}") from None
     try:
         return build_config(merged, TRAIN_FLAGS, TRAIN_SECTIONS)  # type: ignore[no-any-return]
+    except click.BadParameter as e:
+        raise ConfigError(f"{path or 'flags'}: {e.message}") from e
     except TypeError as e:
         raise ConfigError(f"{path or 'flags'}: {e}") from e
 
@@ -170,7 +242,8 @@ def load_train_config(path: Path | None, values: Mapping[str, Any], explicit: se
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False), required=False)
 @config_options(TRAIN_FLAGS, TRAIN_SECTIONS)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train(config: Path | None, progress: bool, **values: Any) -> None:
+@click.pass_context
+def train(ctx: click.Context, /, config: Path | None, progress: bool, **values: Any) -> None:
     """Fine-tune DeepLabV3 on labelled scenes with DistributedDataParallel on Ray Train.
 
     CONFIG is a YAML file whose keys are the flags' names (lr, batch_size,
@@ -178,14 +251,17 @@ def train(config: Path | None, progress: bool, **values: Any) -> None:
     epoch, OUT/model.pt (for tilewise infer --weights), OUT/metrics.json,
     OUT/curves.png, OUT/confusion.png and OUT/config.yaml.
     """
+    from pipeline.cli.infer import Terminated, _catch_sigterm
     from pipeline.errors import USER_ERRORS
     from pipeline.train.run import train as run_train
 
-    ctx = click.get_current_context()
+    # a program embedding tilewise may hand in a model builder: cli.main(args, obj={"model_fn": f})
+    model_fn = (ctx.find_root().obj or {}).get("model_fn")
     explicit = {d for d in values if ctx.get_parameter_source(d) in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}  # fmt: skip
+    _catch_sigterm()
     try:
         cfg = load_train_config(config, values, explicit)
-        result = run_train(cfg, progress=progress)
+        result = run_train(cfg, progress=progress, model_fn=model_fn)
     except USER_ERRORS as e:
         raise click.ClickException(
             one_line(config or Path("train"), e) if config else " ".join(str(e).split())
@@ -193,6 +269,9 @@ def train(config: Path | None, progress: bool, **values: Any) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; the last finished epoch's checkpoint is kept", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("terminated; the last finished epoch's checkpoint is kept", err=True)
+        sys.exit(143)
     last = result.history[-1]
     click.echo(
         f"epoch {last['epoch']}: validation loss {last['val_loss']:.4f}, mIoU {last['miou']}, "

@@ -12,6 +12,7 @@ the learning rate (5e-5, 1e-5..1e-4), batch size (4, 2..32) and epochs
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -21,7 +22,16 @@ from tiling.core import window_bounds
 from tiling.errors import ConfigError
 from tiling.options import lookup_option
 
-__all__ = ["CARD", "DataConfig", "ModelTrainConfig", "OptimConfig", "RunTrainConfig", "TrainConfig", "parse_label_map"]
+__all__ = [
+    "CARD",
+    "DataConfig",
+    "ModelTrainConfig",
+    "OptimConfig",
+    "RunTrainConfig",
+    "TrainConfig",
+    "parse_class_weights",
+    "parse_label_map",
+]
 
 #: The fine-tuning card's ranges: field -> (low, high).
 CARD: dict[str, tuple[float, float]] = {"lr": (1e-5, 1e-4), "batch_size": (2, 32), "epochs": (1, 20)}
@@ -52,6 +62,41 @@ def _positive_int(name: str, v: Any) -> None:
         raise ConfigError(f"{name}: must be a positive integer, got {v!r}")
 
 
+def _int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{name}: must be a whole number, got {v!r}")
+
+
+def _finite(name: str, v: Any, low: float | None = None, low_open: bool = False) -> float:
+    """``v`` as a float, refusing what is no finite number (nan, inf, text) or below ``low``.
+
+    Raises:
+        ConfigError: naming the field and the value.
+    """
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{name}: must be a finite number, got {v!r}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ConfigError(f"{name}: must be {'>' if low_open else '>='} {low:g}, got {v!r}")
+    return float(v)
+
+
+def parse_class_weights(text: str, classes: int) -> tuple[float, ...]:
+    """``"1,5"`` -> ``(1.0, 5.0)``: one finite, non-negative weight per class, not all zero.
+
+    Raises:
+        ConfigError: for text that is not such numbers, or not one per class.
+    """
+    try:
+        ws = tuple(float(w) for w in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"class_weights: expected auto or non-negative numbers like 1,5, got {text!r}") from None
+    if not all(math.isfinite(w) and w >= 0 for w in ws) or not any(ws):
+        raise ConfigError(f"class_weights: expected finite non-negative numbers, not all 0, like 1,5; got {text!r}")
+    if len(ws) != classes:
+        raise ConfigError(f"class_weights: {len(ws)} weights for {classes} classes; give one per class")
+    return ws
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which scenes, which labels, how they become tiles and how they split."""
@@ -78,6 +123,9 @@ class DataConfig:
     windows: str = "grid"  # "grid": the same tiles each epoch; "random": fresh offsets each epoch
     samples: int | None = None  # tiles per epoch for random or balanced windows; None = the grid's count
     balanced: bool = False  # draw tiles with weights that even out class frequencies
+    # A label file whose classes but its most common one cover less than this share of its labelled pixels
+    # is refused: below 1 pixel in 10,000 the labels almost surely miss the image (a wrong CRS); 0: no check
+    min_label_share: float = 1e-4
 
     def validate(self) -> DataConfig:
         """Check the values (not the files).
@@ -95,6 +143,9 @@ class DataConfig:
             raise ConfigError(f"classes: must be between 2 and 254, got {self.classes!r}")
         if self.class_names is not None and len(self.class_names) != self.classes:
             raise ConfigError(f"class_names: {len(self.class_names)} names for {self.classes} classes")
+        _int("ignore_index", self.ignore_index)
+        if self.label_map is not None and not isinstance(self.label_map, str):
+            raise ConfigError(f"label_map: expected text like '255:1,0:ignore', got {self.label_map!r}")
         if not 0 <= self.ignore_index <= 255 or self.ignore_index < self.classes:
             raise ConfigError(f"ignore_index: must be in [classes, 255], got {self.ignore_index}")
         _positive_int("tile", self.tile)
@@ -102,8 +153,10 @@ class DataConfig:
             raise ConfigError(f"split: {self.split!r} is not one of block, scene")
         if self.windows not in ("grid", "random"):
             raise ConfigError(f"windows: {self.windows!r} is not one of grid, random")
-        if not 0 < self.val_fraction < 1:
+        if not 0 < _finite("val_fraction", self.val_fraction) < 1:
             raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction!r}")
+        if not 0 <= _finite("min_label_share", self.min_label_share) < 1:
+            raise ConfigError(f"min_label_share: must be in [0, 1), got {self.min_label_share!r}")
         if self.block is not None:
             _positive_int("block", self.block)
             if self.block < self.tile:
@@ -157,6 +210,9 @@ class ModelTrainConfig:
         Raises:
             ConfigError: naming the first invalid field.
         """
+        _int("precise_bn", self.precise_bn)
+        if self.precise_bn < 0:
+            raise ConfigError(f"precise_bn: must be 0 (off) or a number of batches, got {self.precise_bn!r}")
         return replace(
             self, backbone=lookup_option(self.backbone, Backbone, "backbone"),
             precision=lookup_option(self.precision, Precision, "precision"),
@@ -178,23 +234,16 @@ class OptimConfig:
     def validate(self) -> OptimConfig:
         """Check the values against the card.
 
+        Class weights are checked against the class count by :meth:`TrainConfig.validate`.
+
         Raises:
-            ConfigError: for a value outside the card's range (unless ``force``) or not positive.
+            ConfigError: for a value outside the card's range (unless ``force``), not positive, or not finite.
         """
         _positive_int("batch_size", self.batch_size)
         _positive_int("epochs", self.epochs)
         _positive_int("accumulate", self.accumulate)
-        if self.class_weights not in (None, "auto"):
-            try:
-                ws = [float(w) for w in str(self.class_weights).split(",")]
-            except ValueError:
-                ws = [-1.0]
-            if not ws or min(ws) < 0:
-                raise ConfigError(
-                    f"class_weights: expected auto or non-negative numbers like 1,5, got {self.class_weights!r}"
-                )
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be positive, got {self.lr!r}")
+        _finite("lr", self.lr, 0, low_open=True)  # an infinite or NaN rate trains a NaN model, even with force
+        _finite("weight_decay", self.weight_decay, 0)
         if not self.force:
             for name, (low, high) in CARD.items():
                 v = getattr(self, name)
@@ -231,8 +280,11 @@ class RunTrainConfig:
         _positive_int("num_workers", self.num_workers)
         if self.stop_after is not None:
             _positive_int("stop_after", self.stop_after)
-        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
-            raise ConfigError(f"cpus_per_worker: must be positive, got {self.cpus_per_worker!r}")
+        if self.num_cpus is not None:
+            _positive_int("num_cpus", self.num_cpus)  # a Ray of 0 CPUs would wait for a worker forever
+        if self.cpus_per_worker is not None:
+            _finite("cpus_per_worker", self.cpus_per_worker, 0, low_open=True)
+        _int("seed", self.seed)
         if self.augment not in [p.value for p in Preset]:
             raise ConfigError(f"augment: {self.augment!r} is not one of {', '.join(p.value for p in Preset)}")
         return self
@@ -253,10 +305,13 @@ class TrainConfig:
         Raises:
             ConfigError: naming the first invalid field.
         """
-        return replace(
+        checked = replace(
             self, data=self.data.validate(), model=self.model.validate(), optim=self.optim.validate(),
             run=self.run.validate(),
         )  # fmt: skip
+        if checked.optim.class_weights not in (None, "auto"):
+            parse_class_weights(checked.optim.class_weights, checked.data.classes)
+        return checked
 
     def to_flat(self) -> dict[str, Any]:
         """The config as flat YAML keys (the flags' names), enums by value."""

@@ -38,7 +38,9 @@ __all__ = [
     "Plan",
     "Scene",
     "TileRef",
+    "check_label_share",
     "check_no_leak",
+    "crs_name",
     "epoch_rows",
     "open_scenes",
     "plan",
@@ -231,10 +233,8 @@ def _tiles_in(block: Window, tile: int) -> list[Window]:
     return [Window((block.start[0] + t.start[0], block.start[1] + t.start[1]), (tile, tile)) for t in plan_windows((h, w), tile, tile)]  # fmt: skip
 
 
-def _count(
-    scene: Scene, labels: Source, window: Window, classes: int, ignore: int, cache: dict[str, Any]
-) -> np.ndarray:
-    """Labelled pixels per class in ``window``, refusing values that are no class."""
+def _count(scene: Scene, image: Source, labels: Source, window: Window, classes: int, ignore: int) -> np.ndarray:
+    """Labelled pixels per class in ``window`` where the image has data, refusing values that are no class."""
     raw, valid = labels.read(window)
     raw = raw[0].astype(np.int64)
     inside = (raw >= 0) & (raw < scene.lut.size)
@@ -247,6 +247,9 @@ def _count(
             f"{ignore} is ignored); map it with --label-map {value}:CLASS or {value}:ignore"
         )
     counted = valid & (mapped != ignore)
+    if counted.any():  # a label over the image's nodata trains nothing (read_batch ignores it)
+        _, image_valid = image.read(window)
+        counted &= image_valid.reshape(counted.shape)
     return np.bincount(mapped[counted].ravel(), minlength=classes)[:classes]
 
 
@@ -257,7 +260,7 @@ def _scan(scenes: Sequence[Scene], windows: Sequence[list[Window]], cfg: DataCon
         for i, (scene, wins) in enumerate(zip(scenes, windows)):
             with scene.image.open() as image, scene.labels.open_labels(image) as labels:
                 for w in wins:
-                    counts = _count(scene, labels, w, cfg.classes, cfg.ignore_index, {})
+                    counts = _count(scene, image, labels, w, cfg.classes, cfg.ignore_index)
                     tiles.append(TileRef(i, w.start, counts))
                     bar.update(1)
     return tiles
@@ -298,13 +301,16 @@ def plan(train: Sequence[Scene], val: Sequence[Scene], cfg: DataConfig, seed: in
         train_windows.append([t for b in blocks for t in _tiles_in(b, tile)])
     if cfg.split == "scene":
         val_windows = [[]] * len(train) + [[t for b in _blocks(s.shape, cfg.block_size) for t in _tiles_in(b, tile)] for s in val]  # fmt: skip
-    tr = [t for t in _scan(train, train_windows, cfg, "training") if t.counts is not None and t.counts.sum() > 0]
+    tr = _scan(train, train_windows, cfg, "training")
     va = _scan(scenes, val_windows, cfg, "validation")
+    check_label_share(scenes, tr + va, cfg)
+    tr = [t for t in tr if t.counts is not None and t.counts.sum() > 0]
     va = [t for t in va if t.counts is not None and t.counts.sum() > 0]
     if not tr:
         raise ConfigError(
             f"{train[0].labels.path}: the training set is empty: no training tile of {tile} px has a labelled "
-            "pixel (all nodata or ignored); check --label-map and --tile"
+            f"pixel where {train[0].image.path} has data (all nodata or ignored); check the image, --label-map "
+            "and --tile"
         )
     if not va:
         raise ConfigError(f"{scenes[-1].labels.path}: no validation tile has a labelled pixel; raise --val-fraction")
@@ -312,6 +318,62 @@ def plan(train: Sequence[Scene], val: Sequence[Scene], cfg: DataConfig, seed: in
     class_pixels = np.sum([t.counts for t in tr if t.counts is not None], axis=0)
     log.info("%d training and %d validation tiles of %d px; class pixels %s", len(tr), len(va), tile, class_pixels)
     return Plan(tr, va, train_blocks, tile, class_pixels), scenes
+
+
+def check_label_share(scenes: Sequence[Scene], tiles: Sequence[TileRef], cfg: DataConfig) -> None:
+    """Refuse a label file whose classes but its most common one cover less than ``cfg.min_label_share``.
+
+    Labels that miss their image (a GeoJSON in projected coordinates without a
+    ``crs`` member is read as WGS 84, shapes elsewhere, null geometries) are
+    background everywhere: a model of one class would score mIoU 1.0.
+
+    Raises:
+        ConfigError: naming the labels, the share, the labels' CRS and the image's.
+    """
+    if cfg.min_label_share <= 0:
+        return
+    per_scene: dict[int, np.ndarray] = {}
+    for t in tiles:
+        if t.counts is not None:
+            per_scene[t.scene] = per_scene.get(t.scene, 0) + t.counts
+    for i, counts in sorted(per_scene.items()):
+        total = int(counts.sum())
+        if total == 0:
+            continue  # no labelled pixel at all: the empty-set checks say so
+        top = int(np.argmax(counts))
+        share = (total - int(counts[top])) / total
+        if share < cfg.min_label_share:
+            scene = scenes[i]
+            raise ConfigError(
+                f"{scene.labels.path}: classes other than {cfg.names[top]} cover {share:.2%} of its {total} "
+                f"labelled pixels, below --min-label-share {cfg.min_label_share:g}: labels that miss the image look "
+                f"like this (labels in {_label_crs(scene)}, image {scene.image.path} in {_image_crs(scene)}); "
+                "check the labels' CRS, or pass --min-label-share 0 for a scene of one class"
+            )
+
+
+def _label_crs(scene: Scene) -> str:
+    """The CRS the labels' file declares (as its reader found it), or the image's when they share its grid."""
+    with scene.image.open() as image, scene.labels.open_labels(image) as labels:
+        found = getattr(labels, "found_crs", None)
+    return str(found) if found else _image_crs(scene)
+
+
+def _image_crs(scene: Scene) -> str:
+    with scene.image.open() as image:
+        ref = image.reference
+    return crs_name(getattr(ref, "crs", None))
+
+
+def crs_name(wkt: str | None) -> str:
+    """A CRS as people name it: ``EPSG:32616``, else its PROJ string; ``no CRS`` for None."""
+    if not wkt:
+        return "no CRS"
+    from rasterio.crs import CRS
+
+    crs = CRS.from_user_input(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (crs.to_proj4() or crs.to_wkt())
 
 
 def tile_window(ref: TileRef, tile: int, volume: bool) -> Window:

@@ -16,7 +16,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from ray.train.torch import get_device, prepare_model
 
 from models import Precision, build_model, enable_grad_checkpointing, resolve_precision
+from models.errors import WeightsError
 from models.train import (
     ConfusionMatrix,
     ExportInfo,
@@ -41,6 +43,10 @@ from models.train import (
     train_step,
     unwrap,
 )
+from pipeline.train.outputs import write_atomically, write_text
+from tiling.errors import ConfigError
+from tiling.formats.base import sink_error
+from tiling.version import mark
 
 __all__ = ["LoopConfig", "train_loop"]
 
@@ -77,6 +83,8 @@ class LoopConfig:
     progress: Any = None  # a ray.util.queue.Queue for the driver's progress bar, or None
     model_fn: Callable[[], torch.nn.Module] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    config_yaml: str = ""  # the run's config.yaml, written with each epoch's files
+    run_key: dict[str, Any] = field(default_factory=dict)  # what the run is, kept in the checkpoint for a resume
 
 
 def _build(c: LoopConfig) -> torch.nn.Module:
@@ -140,7 +148,10 @@ def train_loop(config: dict[str, Any]) -> None:
     history = list(c.history)
     if c.resume is not None:
         state = load_checkpoint(c.resume)
-        unwrap(model).load_state_dict(state["model"])
+        try:
+            unwrap(model).load_state_dict(state["model"])
+        except RuntimeError as e:  # checked on the driver for checkpoints that record their run
+            raise WeightsError(f"{c.resume}: does not fit this run's model ({str(e).splitlines()[0]})") from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -178,6 +189,11 @@ def train_loop(config: dict[str, Any]) -> None:
             _precise_bn(model, kept)
             seconds = time.perf_counter() - t0
             train_loss = float(_all_reduce(np.array([np.sum(losses), len(losses)]))[0]) / max(len(losses) * world, 1)
+            if not math.isfinite(train_loss):
+                raise ConfigError(
+                    f"training diverged: the training loss of epoch {epoch + 1} is {train_loss}; lower --lr "
+                    f"(now {c.lr:g}) or the class weights; the files of the last finished epoch are kept"
+                )
             metrics = _validate(model, c, device, precision)
             entry = {
                 "epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(metrics.pop("val_loss"), 6),
@@ -215,18 +231,34 @@ def _write_epoch(
     out: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
     history: list[dict[str, Any]], c: LoopConfig,
 ) -> None:  # fmt: skip
-    """Checkpoint, export, metrics.json and plots after an epoch (rank 0)."""
-    save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, scaler, epoch, history)
-    info = dict(c.export)
-    info["extra"] = {**info.get("extra", {}), "epoch": epoch, "val_miou": history[-1]["miou"]}
-    export_model(out / "model.pt", model, ExportInfo.from_dict(info))
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps({"epochs": history, "classes": list(c.class_names)}, indent=2))
-    tmp.replace(out / "metrics.json")
+    """Checkpoint, export, metrics.json, config.yaml and plots after an epoch (rank 0), each renamed into place.
+
+    Raises:
+        SinkError: one line if a file cannot be written (a full disk); no temporary file is left.
+    """
     from pipeline.train.plots import plot_confusion, plot_curves
 
-    plot_curves(history, out / "curves.png")
-    plot_confusion(history[-1]["confusion"], c.class_names, out / "confusion.png")
+    with _writing(out / "checkpoint.pt"):
+        extra = {"run": c.run_key}
+        save_checkpoint(out / "checkpoint.pt", model, optimizer, scheduler, scaler, epoch, history, extra)
+    info = dict(c.export)
+    info["extra"] = {**info.get("extra", {}), "epoch": epoch, "val_miou": history[-1]["miou"]}
+    with _writing(out / "model.pt"):
+        export_model(out / "model.pt", model, ExportInfo.from_dict(info))
+    metrics = {"tilewise": mark(), "epochs": history, "classes": list(c.class_names)}
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(out / "config.yaml", c.config_yaml)
+    write_atomically(out / "curves.png", lambda tmp: plot_curves(history, tmp))
+    write_atomically(out / "confusion.png", lambda tmp: plot_confusion(history[-1]["confusion"], c.class_names, tmp))
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` (OSError, or torch's RuntimeError for a short write) into one line."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        raise sink_error(path, e) from e
 
 
 def steps_per_epoch(rows: int, world: int, batch: int, accumulate: int) -> int:

@@ -1,4 +1,7 @@
-"""The training figures: loss and mIoU per epoch, and the last validation confusion matrix."""
+"""The training figures: loss and mIoU per epoch, and the last validation confusion matrix.
+
+Each PNG names tilewise as its ``Software``, so a later run knows it may replace it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from tiling.version import mark
 
 __all__ = ["plot_confusion", "plot_curves"]
 
@@ -29,7 +34,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
     b.set_xlabel("epoch")
     b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format="png", metadata={"Software": mark()})
     plt.close(fig)
     return path
 
@@ -48,6 +53,6 @@ def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format="png", metadata={"Software": mark()})
     plt.close(fig)
     return path

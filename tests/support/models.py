@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -152,4 +153,43 @@ class Gate:
         while self.held_at() < at:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no forward pass waited at the gate within {timeout:g} s")
+            time.sleep(0.05)
+
+
+def build_when_open(gate: str) -> nn.Module:
+    """``pointwise()``, built only once the test writes ``open`` into ``gate``: a run held before it reads a tile.
+
+    It writes ``gate + ".building"`` first, so the test knows the run waits there (see :meth:`Gate.builder`).
+    """
+    Path(gate + ".building").write_text("waiting")
+    while not (Path(gate).exists() and Path(gate).read_text().strip() == "open"):
+        time.sleep(0.02)
+    return pointwise()
+
+
+class BuildGate:
+    """The test's side of :func:`build_when_open`: hold a training run while its worker builds the model."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "gate"
+        self.building = folder / "gate.building"
+
+    def builder(self) -> functools.partial[nn.Module]:
+        """A picklable model builder for ``train(model_fn=...)`` that obeys this gate."""
+        return functools.partial(build_when_open, str(self.path))
+
+    def open(self) -> None:
+        """Let the model be built."""
+        self.path.write_text("open")
+
+    def wait_until_held(self, timeout: float = 300) -> None:
+        """Return once a worker waits to build the model.
+
+        Raises:
+            AssertionError: if none does within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.building.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no worker waited to build its model within {timeout:g} s")
             time.sleep(0.05)

@@ -260,18 +260,29 @@ def label_options(fmt: Format | str, given: Mapping[str, Any] | None = None) -> 
         raise ConfigError(f"{fmt.name} label options: {e}") from e
 
 
-def open_labels(path: str | Path, image: Source, format: str | Format | None = None, **options: Any) -> Source:
+def open_labels(
+    path: str | Path,
+    image: Source,
+    format: str | Format | None = None,
+    *,
+    limits: SourceLimits | None = DEFAULT_LIMITS,
+    **options: Any,
+) -> Source:
     """Open ``path`` as the labels of ``image``: a one-band source on ``image``'s pixel grid.
 
     Args:
         path: a label raster, vector file, DICOM SEG or Zarr label image.
         image: the opened image source the labels belong to.
         format: the registry name of the labels' format; sniffed when None.
+        limits: checked as :func:`open_source` checks images (a label file's
+            storage chunk is read whole, however small the file); None skips
+            the check (a worker reopening labels the driver checked).
         options: label reader options (``resample``, ``attribute``, ``value_map``...);
             those a format does not take are ignored.
 
     Raises:
         SourceOpenError: if the labels cannot be read.
+        SourceTooLargeError: if they claim more than ``limits`` allow.
         ConfigError: if they do not fit the image (another grid, a missing attribute...).
     """
     path = Path(path)
@@ -280,9 +291,16 @@ def open_labels(path: str | Path, image: Source, format: str | Format | None = N
         raise ConfigError(f"{path}: {fmt.title} holds no labels")
     opts = options.pop("options", None) or label_options(fmt, options)
     try:
-        return fmt.open_labels(path, opts, image)
+        labels = fmt.open_labels(path, opts, image)
     except ModuleNotFoundError as e:
         raise _missing_extra(fmt, str(path), e) from e
+    if limits is not None:
+        try:
+            limits.check(labels)
+        except BaseException:
+            labels.close()
+            raise
+    return labels
 
 
 def list_scenes(path: str | Path) -> list[tuple[Path, Path]] | None:
@@ -313,8 +331,8 @@ class SourceSpec:
         return open_source(self.path, self.format, limits=None, options=self.options)
 
     def open_labels(self, image: Source) -> Source:
-        """Open the labels this spec describes, on ``image``'s grid."""
-        return open_labels(self.path, image, self.format, options=self.options)
+        """Open the labels this spec describes, on ``image``'s grid (their size was checked when the spec was made)."""
+        return open_labels(self.path, image, self.format, limits=None, options=self.options)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Carry the locator so a format registered at run time is found in the worker.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +66,14 @@ def test_two_ddp_workers_equal_one_worker_with_twice_the_batch(ray_session, colo
     assert start.keys() == a.keys()
 
 
-def test_resume_after_epoch_one_of_two_is_exact(ray_session, colour_scene, one_worker, tmp_path):
-    out = tmp_path / "stopped"
-    first = train(_config(colour_scene, out, 1, 4, stop_after=1), progress=False, model_fn=tiny_net)
+def test_resume_after_epoch_one_of_two_is_exact(ray_session, colour_scene, one_worker, tmp_path, monkeypatch):
+    # relative paths, as typed in a shell: Ray's workers run in another folder, so the driver resolves them
+    monkeypatch.chdir(tmp_path)
+    scene = tuple(Path(os.path.relpath(p, tmp_path)) for p in colour_scene)
+    first = train(_config(scene, Path("stopped"), 1, 4, stop_after=1), progress=False, model_fn=tiny_net)
     assert [h["epoch"] for h in first.history] == [1]
-    resumed = train(
-        _config(colour_scene, out, 1, 4, resume=str(out / "checkpoint.pt")), progress=False, model_fn=tiny_net
-    )
+    resume = "stopped/checkpoint.pt"
+    resumed = train(_config(scene, Path("stopped"), 1, 4, resume=resume), progress=False, model_fn=tiny_net)
     a, b = _weights(one_worker.model), _weights(resumed.model)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
@@ -92,3 +94,19 @@ def test_run_writes_metrics_plots_config_and_an_export(one_worker):
     assert info is not None and info.classes == 2 and info.in_channels == 3 and len(info.mean) == 3
     # the normalisation is the training scenes' statistics, not a default
     assert 100 < info.mean[0] < 160 and 50 < info.std[0] < 90
+
+
+def test_a_relative_init_checkpoint_is_found_by_the_workers(ray_session, colour_scene, tmp_path, monkeypatch):
+    from models import build_model
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(build_model("mobilenet_v3_large", 2, 3).state_dict(), tmp_path / "start.pt")
+    data = DataConfig(image=(str(colour_scene[0]),), labels=(str(colour_scene[1]),), tile=32, block=32, samples=2)
+    cfg = TrainConfig(
+        data=data,
+        model=ModelTrainConfig(backbone="mobilenet_v3_large", init="start.pt", precision="fp32", precise_bn=0),
+        optim=OptimConfig(lr=1e-4, batch_size=2, epochs=1),
+        run=RunTrainConfig(out="run", augment="none"),
+    )
+    result = train(cfg, progress=False)
+    assert result.out == tmp_path / "run" and [h["epoch"] for h in result.history] == [1]

@@ -5,7 +5,9 @@ are. A label raster without any georeferencing but of the image's size is
 taken as pixel-aligned (SpaceNet ships its masks like that) and logged.
 Labels on another grid are refused unless ``resample`` is set: then a
 rasterio ``WarpedVRT`` puts them on the image grid with nearest-neighbour
-resampling (labels must never be averaged), still window by window.
+resampling (labels must never be averaged), still window by window. Image
+pixels the labels do not cover are nodata (ignored), and labels that cover
+none of the image are refused.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.crs
 import rasterio.errors
+import rasterio.transform
 import rasterio.windows
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
 
 from tiling.core.windows import Window
 from tiling.errors import ConfigError, SourceOpenError, SourceReadError
@@ -41,6 +46,16 @@ def _same_grid(ds: rasterio.DatasetReader, ref: MapReference, shape: tuple[int, 
     if not Affine(*ref.transform).almost_equals(ds.transform, precision=1e-9 * max(1.0, abs(ref.transform[0]))):
         return False
     return ds.crs is None or ref.crs is None or ds.crs == rasterio.crs.CRS.from_wkt(ref.crs)
+
+
+def crs_name(crs: rasterio.crs.CRS) -> str:
+    """A CRS as people name it: ``EPSG:32616``, else its PROJ string."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (crs.to_proj4() or crs.to_wkt())
+
+
+def _box_text(box: tuple[float, ...]) -> str:
+    return f"x {box[0]:.6g}..{box[2]:.6g}, y {box[1]:.6g}..{box[3]:.6g}"
 
 
 class GeoTiffLabels(SourceBase):
@@ -69,6 +84,7 @@ class GeoTiffLabels(SourceBase):
         except RasterioError as e:
             raise SourceOpenError(f"{self.path}: not a readable raster ({first_line(e)})") from e
         self._ds: rasterio.DatasetReader | WarpedVRT = self._src
+        self.found_crs = crs_name(self._src.crs) if self._src.crs else "no CRS"
         try:
             self._fit(image, resample)
         except Exception:
@@ -100,11 +116,37 @@ class GeoTiffLabels(SourceBase):
                 f"({ds.width}x{ds.height} in {ds.crs or 'no CRS'} vs {image.shape[1]}x{image.shape[0]}); "
                 "pass --resample-labels to resample them (nearest neighbour)"
             )
+        self._check_overlap(image, ref)
         log.warning("%s: labels resampled onto the grid of %s (nearest neighbour)", self.path, image.path)
+        # Image pixels the labels do not cover must read as nodata, not as class 0: without a nodata
+        # value of its own, the warped raster gets an alpha band that masks them.
         self._ds = WarpedVRT(
             ds, crs=ref.crs, transform=Affine(*ref.transform), width=image.shape[1], height=image.shape[0],
-            resampling=Resampling.nearest,
+            resampling=Resampling.nearest, add_alpha=ds.nodata is None,
         )  # fmt: skip
+
+    def _check_overlap(self, image: Source, ref: MapReference) -> None:
+        """Refuse labels that cover no pixel of the image (they would be nodata everywhere).
+
+        Raises:
+            ConfigError: naming both extents and CRSs.
+        """
+        if ref.transform is None or ref.crs is None:  # the caller refuses these before
+            return
+        image_crs = rasterio.crs.CRS.from_wkt(ref.crs)
+        rows, cols = image.shape[-2:]
+        image_box = rasterio.transform.array_bounds(rows, cols, Affine(*ref.transform))
+        image_box = (image_box[0], image_box[1], image_box[2], image_box[3])
+        try:
+            box = transform_bounds(self._src.crs, image_crs, *self._src.bounds)
+        except Exception:  # PROJ refuses points outside the image CRS's domain
+            box = (np.inf,) * 4
+        inside = np.all(np.isfinite(box)) and box[0] < image_box[2] and image_box[0] < box[2]
+        if not (inside and box[1] < image_box[3] and image_box[1] < box[3]):
+            raise ConfigError(
+                f"{self.path}: labels ({_box_text(self._src.bounds)} in {self.found_crs}) do not overlap "
+                f"{image.path} ({_box_text(image_box)} in {crs_name(image_crs)}); give the labels of this image"
+            )
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Labels (1, rows, cols) and valid (rows, cols): False at the labels' nodata and outside."""

@@ -72,11 +72,38 @@ class VectorLabels(SourceBase):
         layer_crs = rasterio.crs.CRS.from_user_input(info["crs"]) if info.get("crs") else image_crs
         self._image_crs, self._layer_crs = image_crs, layer_crs
         self._reproject = layer_crs != image_crs
+        self.found_crs = crs_name(layer_crs) if info.get("crs") else f"no CRS (taken as {crs_name(image_crs)})"
+        self._check_reach(info, image)
         self.shape = tuple(image.shape)
         self.count = 1
         self.dtype = np.dtype(np.uint8)
         self.block_shape = tuple(image.block_shape)
         self.reference = ref
+
+    def _check_reach(self, info: dict[str, Any], image: Source) -> None:
+        """Refuse a file none of whose shapes reaches the image: its labels would be background everywhere.
+
+        Raises:
+            ConfigError: naming the shapes' extent and CRS, and the image's.
+        """
+        bounds = info.get("total_bounds")
+        if bounds is None:  # formats without a stored extent: OGR scans the geometries once
+            bounds = pyogrio.read_info(self.path, force_total_bounds=True).get("total_bounds")
+        if bounds is None or not np.all(np.isfinite(bounds)):
+            raise ConfigError(
+                f"{self.path}: none of its {info.get('features', 0)} features has a geometry, so every pixel of "
+                f"{image.path} would be background; give labels with shapes"
+            )
+        rows, cols = tuple(image.shape)[-2:]
+        xs, ys = zip(*(self._transform @ (c, r) for r, c in ((0, 0), (0, cols), (rows, 0), (rows, cols))))
+        image_box = (min(xs), min(ys), max(xs), max(ys))
+        box, hint = _in_crs(tuple(bounds), self._layer_crs, self._image_crs)
+        if box is not None and _overlaps(box, image_box):
+            return
+        raise ConfigError(
+            f"{self.path}: its shapes ({_box_text(bounds)} in {self.found_crs}) do not reach {image.path} "
+            f"({_box_text(image_box)} in {crs_name(self._image_crs)}), so every pixel would be background{hint}"
+        )
 
     def _check_values(self) -> dict[str, int]:
         """Every distinct attribute value mapped to a class (read once, attributes only)."""
@@ -136,6 +163,38 @@ class VectorLabels(SourceBase):
         data[0][sl] = burnt
         valid[sl] = True
         return data, valid
+
+
+def crs_name(crs: rasterio.crs.CRS) -> str:
+    """A CRS as people name it: ``EPSG:32616``, else its PROJ string."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else (crs.to_proj4() or crs.to_wkt())
+
+
+def _in_crs(
+    box: tuple[float, float, float, float], src: rasterio.crs.CRS, dst: rasterio.crs.CRS
+) -> tuple[tuple[float, float, float, float] | None, str]:
+    """``box`` reprojected from ``src`` to ``dst`` (None if it cannot be), and a hint when its numbers cannot be in ``src``."""
+    if src.is_geographic and (max(abs(box[0]), abs(box[2])) > 360 or max(abs(box[1]), abs(box[3])) > 90):
+        return None, (
+            "; its coordinates are no longitudes and latitudes: a GeoJSON without a crs member is read as WGS 84 "
+            "(RFC 7946), so give the file its CRS (a crs member, or convert it with ogr2ogr -s_srs ... -t_srs ...)"
+        )
+    if src == dst:
+        return box, ""
+    try:
+        out = transform_bounds(src, dst, *box)
+    except Exception:  # PROJ refuses points outside the target's domain
+        return None, ""
+    return (tuple(out), "") if np.all(np.isfinite(out)) else (None, "")
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _box_text(box: Any) -> str:
+    return f"x {box[0]:.6g}..{box[2]:.6g}, y {box[1]:.6g}..{box[3]:.6g}"
 
 
 def _is_int(text: str) -> bool:
