@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,7 +30,7 @@ from pipeline.train.data import _open_scene
 from tiling.core import Window, plan_windows
 from tiling.errors import ConfigError, SinkError
 from tiling.formats import open_source
-from tiling.formats.base import check_writable, sink_error, temp_name
+from tiling.formats.base import check_writable, sink_error, staged_file
 from tiling.version import mark
 
 __all__ = ["check_outputs", "evaluate_scene", "score_mask", "write_scores"]
@@ -184,11 +183,9 @@ def write_scores(path: str | Path, scores: dict[str, Any]) -> Path:
         SinkError: if the file cannot be written (no temporary file is left).
     """
     path = Path(path)
-    tmp = temp_name(path, ".tmp")
     try:
-        tmp.write_text(json.dumps({"tilewise": mark(), **scores}, indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        with staged_file(path, ".tmp") as tmp:
+            tmp.write_text(json.dumps({"tilewise": mark(), **scores}, indent=2), encoding="utf-8")
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise sink_error(path, e) from e
     return path
